@@ -1,0 +1,66 @@
+"""Batched forward passes that return float32 logits at the answer position only.
+
+Every metric in mechtest is read from these logits (argmax over the full vocabulary, probabilities of the
+answer token), so this is the one place that decides batching, devices and dtype of the read-out.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import torch
+
+from mechtest.heads import Edits, hooked
+
+# edits for one batch, given the slice of the dataset it covers
+EditsForBatch = Callable[[slice], Edits]
+
+
+def last_logits(model, input_ids: torch.Tensor, last_pos: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, edits: Edits | None = None) -> torch.Tensor:
+    """(batch, vocab) float32 logits at ``last_pos`` of each row, with ``edits`` installed."""
+    input_ids = input_ids.to(model.device)
+    last_pos = last_pos.to(model.device)
+    keep = int(input_ids.shape[1] - last_pos.min().item())
+    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    with torch.no_grad(), hooked(model, edits or {}):
+        out = model.hf(input_ids=input_ids, use_cache=False,
+                       attention_mask=None if attention_mask is None else attention_mask.to(model.device), **kwargs)
+    logits = out.logits
+    offset = input_ids.shape[1] - logits.shape[1]
+    rows = torch.arange(input_ids.shape[0], device=logits.device)
+    return logits[rows, last_pos - offset].float()
+
+
+def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: EditsForBatch | None = None,
+                   progress: str | None = None) -> torch.Tensor:
+    """(n, vocab) float32 last-position logits over a whole dataset, batch by batch (on CPU)."""
+    n = len(dataset)
+    chunks = []
+    starts = range(0, n, batch_size)
+    for start in _progress(starts, progress, len(starts)):
+        sl = slice(start, min(start + batch_size, n))
+        edits = edits_for_batch(sl) if edits_for_batch else None
+        chunks.append(last_logits(model, dataset.input_ids[sl], dataset.last_pos[sl],
+                                  dataset.attention_mask[sl], edits).cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0, model.vocab_size)
+
+
+def _progress(iterable, desc: str | None, total: int):
+    """A tqdm bar when there is enough work to wait for; silent otherwise."""
+    if desc is None or total < 4:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return _forward_takes_logits_to_keep(type(model.hf))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters

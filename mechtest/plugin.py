@@ -1,0 +1,1 @@
+"""pytest11 entry point of mechtest (options, claim collection and fixtures are added as they land)."""
