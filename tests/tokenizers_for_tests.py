@@ -90,3 +90,60 @@ def word_level() -> PreTrainedTokenizerFast:
 
 def get(name: str) -> PreTrainedTokenizerFast:
     return {"word_level": word_level, "byte_bpe": byte_bpe, "sentencepiece": sentencepiece}[name]()
+
+
+# ---------------------------------------------------------------------------------------------------
+# independent checks of a dataset, shared by the task and strategy tests
+
+
+def token_id(tok, word: str) -> int:
+    """The leading-space token of a word, computed the plain way (" word" without special tokens)."""
+    ids = tok.encode(" " + word, add_special_tokens=False)
+    assert len(ids) == 1, (word, ids)
+    return ids[0]
+
+
+def token_text(tok, token: int) -> str:
+    return tok.convert_ids_to_tokens(token).lstrip("Ġ▁")
+
+
+def paper_prompt(objects, labels, query_label) -> str:
+    """The paper template, written out independently of the library."""
+    segments = ", ".join(f"the {o} is in Box {lab}" for o, lab in zip(objects, labels))
+    return f"T{segments[1:]}. Box {query_label} contains the"
+
+
+def assert_layout(ds, tok, *, template: bool = True, answers: bool = True) -> None:
+    """Every position holds the token it claims, on the real tokenization of each prompt.
+
+    ``template``: the prompts are the paper template (not a modified desideratum source), so the query
+    label's context occurrence is unique and object precedes label in each segment.
+    ``answers``: answer_ids are the object in the queried box (false for the path-patching corruption).
+    """
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    assert ds.input_ids.shape == ds.attention_mask.shape
+    assert ds.label_pos.shape == ds.object_pos.shape == (len(ds), ds.n_boxes)
+    for i in range(len(ds)):
+        ids = ds.input_ids[i].tolist()
+        last = int(ds.last_pos[i])
+        assert ids[: last + 1] == tok(ds.prompts[i])["input_ids"]
+        assert ds.attention_mask[i, : last + 1].all() and not ds.attention_mask[i, last + 1 :].any()
+        assert all(t == pad for t in ids[last + 1 :])
+        assert token_text(tok, ids[last]) == "the"
+        for s in range(ds.n_boxes):
+            obj, lab = ds.objects[i][s], ds.labels[i][s]
+            assert ids[ds.object_pos[i, s]] == token_id(tok, obj) and token_text(tok, ids[ds.object_pos[i, s]]) == obj
+            assert ids[ds.label_pos[i, s]] == token_id(tok, lab) and token_text(tok, ids[ds.label_pos[i, s]]) == lab
+        qpos, q = int(ds.query_label_pos[i]), int(ds.queried_index[i])
+        assert ids[qpos] == token_id(tok, ds.query_labels[i])
+        assert int(ds.label_pos[i, -1]) < qpos < last
+        assert int(ds.query_context_pos[i]) == int(ds.label_pos[i, q])
+        if answers:
+            assert int(ds.answer_ids[i]) == token_id(tok, ds.objects[i][q])
+        if template:
+            assert ds.prompts[i] == paper_prompt(ds.objects[i], ds.labels[i], ds.query_labels[i])
+            positions = [p for s in range(ds.n_boxes) for p in (ds.object_pos[i, s], ds.label_pos[i, s])]
+            assert positions == sorted(positions) and len(set(positions)) == len(positions)
+            if ds.query_labels[i] == ds.labels[i][q]:
+                assert ids[: qpos].count(ids[qpos]) == 1
+                assert ids[int(ds.query_context_pos[i])] == ids[qpos]
