@@ -117,6 +117,10 @@ class EntityTrackingDataset:
             f"prompts[0]={first!r})"
         )
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """Keep Hypothesis's falsifying-example report (and IPython) to the short repr, not every tensor."""
+        printer.text(repr(self))
+
 
 @dataclass(frozen=True, eq=False)
 class CounterfactualPairs:
