@@ -1,0 +1,339 @@
+"""Four-step path patching (spec section 4), a fast exact engine and a naive reference.
+
+One measurement for sender head (l_s, h_s) (spec 4.3): run A on the base prompt with every head output at
+positions >= P_start frozen to its clean value, except the sender at P_start, which takes its value from
+the corrupt prompt; the sender's effect then reaches later layers through the residual stream and MLPs
+only. Without receivers the score reads run A's logits; with receivers, run B patches only the
+receivers' q (or v) at the receiver position with what run A computed there. The score is the relative
+change of the answer's probability, ``(p - p_clean) / p_clean``, averaged over prompts.
+
+Why the fast engine is exact: in all four steps the receiver position equals the sender position P, and
+nothing before P can change. In run A every head output at P is frozen, so attention is irrelevant there
+and the run reduces to the single token at P (embedding + residual + MLPs, position id P), with no
+prefix at all. Run B changes nothing before P either, so it recomputes only positions >= P on top of the
+clean run's key/value cache. Many senders share one forward pass on the batch axis. ``naive=True`` keeps
+the obviously-correct implementation (one full forward per sender) for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mechtest.errors import MechtestError
+from mechtest.forward import _progress
+from mechtest.heads import check_heads, hooked, kv_head_of, masked_replace, n_heads_at, record, run_and_read
+
+POSITIONS = ("last", "query_label", "query_context")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One path-patching step: where senders are patched and which receivers (if any) read them."""
+
+    group: str
+    position: str  # "last" | "query_label" | "query_context"; the receivers read at the same position
+    receivers: tuple[tuple[int, int], ...] = ()
+    receiver_site: str | None = None  # "q" | "v"; None: direct path to the logits
+
+
+@dataclass
+class StepResult:
+    """Scores of every head as a sender: a (layers, heads) matrix, most negative = most important."""
+
+    step: Step
+    scores: torch.Tensor
+    n_prompts: int
+    seed: int
+
+    def top(self, k: int, exclude: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+        """The k heads with the most negative scores (spec 4.3), ties broken by head order."""
+        flat = self.scores.flatten()
+        order = torch.argsort(flat, stable=True)
+        n_heads = self.scores.shape[1]
+        skip = set(map(tuple, exclude))
+        heads = [divmod(int(i), n_heads) for i in order]
+        return [h for h in heads if h not in skip][:k]
+
+
+@dataclass
+class PathPatchingResult:
+    steps: dict[str, StepResult] = field(default_factory=dict)
+
+    def __getitem__(self, group: str) -> StepResult:
+        return self.steps[group]
+
+
+# Spec 4.4: the four steps, in discovery order, with the paper's Llama receiver counts as defaults.
+DEFAULT_RECEIVERS = {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}
+
+
+def path_patching(model, base, corrupt, *, receivers: dict[str, int] | None = None, seed: int = 0,
+                  batch_size: int = 100, naive: bool = False, progress: bool = True,
+                  groups: Sequence[str] = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader"),
+                  ) -> PathPatchingResult:
+    """Run the steps of spec 4.4 in order; each step's top-k heads are the next step's receivers."""
+    k = {**DEFAULT_RECEIVERS, **(receivers or {})}
+    plan = [
+        ("value_fetcher", "last", None, None),
+        ("pos_transmitter", "last", "value_fetcher", "q"),
+        ("pos_detector", "query_label", "pos_transmitter", "v"),
+        ("struct_reader", "query_context", "pos_detector", "v"),
+    ]
+    result = PathPatchingResult()
+    for group, position, previous, site in plan:
+        if group not in groups:
+            continue
+        recv: tuple = ()
+        if previous is not None:
+            if previous not in result.steps:
+                raise MechtestError(f"path-patching step {group!r} needs the scores of step {previous!r}")
+            recv = tuple(result.steps[previous].top(k[group]))
+        step = Step(group, position, recv, site)
+        result.steps[group] = patch_step(model, base, corrupt, step, seed=seed, batch_size=batch_size,
+                                         naive=naive, progress=progress)
+    return result
+
+
+def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,
+               naive: bool = False, senders: Sequence[tuple[int, int]] | None = None,
+               progress: bool = True, max_rows: int = 4096) -> StepResult:
+    """Score every head (or ``senders``) as a sender for one step; returns a (layers, heads) matrix."""
+    _validate(model, base, corrupt, step)
+    senders = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)] if senders is None \
+        else [tuple(s) for s in senders]
+    check_heads(model, senders)
+    p_start = _positions(base, step.position)
+    p_corr = _corrupt_positions(corrupt, step.position, seed)
+    totals = torch.zeros(len(senders), dtype=torch.float64)
+    n = len(base)
+    starts = list(range(0, n, batch_size))
+    bar = _progress(starts, f"path patching {step.group}" if progress else None, len(starts))
+    for start in bar:
+        sl = slice(start, min(start + batch_size, n))
+        ctx = _BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], step, need_kv=not naive)
+        run = _naive_scores if naive else _fast_scores
+        totals += run(model, ctx, step, senders, max_rows).sum(dim=1).double()
+    scores = torch.zeros(model.n_layers, model.n_heads)
+    for (l, h), total in zip(senders, totals):
+        scores[l, h] = float(total / n)
+    return StepResult(step=step, scores=scores, n_prompts=n, seed=seed)
+
+
+# --- shared per-batch state ------------------------------------------------------------------------
+
+@dataclass
+class _BatchContext:
+    ids: torch.Tensor          # (b, seq) base tokens
+    answers: torch.Tensor      # (b,)
+    last: torch.Tensor         # (b,)
+    p_start: torch.Tensor      # (b,)
+    clean: torch.Tensor        # (layers, b, seq, heads, dim) head outputs of the base run
+    corrupt_at: torch.Tensor   # (layers, b, heads, dim) corrupt head outputs at P_corr
+    p_clean: torch.Tensor      # (b,) probability of the answer in the clean run
+    kv: list | None            # clean run's per-layer (key, value), each (b, kv_heads, seq, dim)
+
+    @classmethod
+    def build(cls, model, base, corrupt, sl, p_start, p_corr, step, need_kv):
+        ids = base.input_ids[sl].to(model.device)
+        b = ids.shape[0]
+        store: dict = {}
+        edits = {("head_out", l): record(store, l) for l in range(model.n_layers)}
+        with torch.no_grad(), hooked(model, edits):
+            out = model.hf(input_ids=ids, use_cache=need_kv)
+        clean = torch.stack([store[l] for l in range(model.n_layers)])
+        rows = torch.arange(b, device=model.device)
+        last = base.last_pos[sl].to(model.device)
+        answers = base.answer_ids[sl].to(model.device)
+        probs = out.logits[rows, last].float().softmax(-1)[rows, answers]
+        corrupt_acts = run_and_read(model, corrupt.input_ids[sl], sites=("head_out",))
+        p_corr = p_corr.to(model.device)
+        corrupt_at = torch.stack([corrupt_acts[("head_out", l)][rows, p_corr] for l in range(model.n_layers)])
+        kv = _cache_tensors(out.past_key_values) if need_kv else None
+        return cls(ids, answers, last, p_start.to(model.device), clean, corrupt_at, probs, kv)
+
+
+# --- naive reference: one full forward (or two) per sender ------------------------------------------
+
+def _naive_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> torch.Tensor:
+    b, seq = ctx.ids.shape
+    rows = torch.arange(b, device=ctx.ids.device)
+    freeze = torch.arange(seq, device=ctx.ids.device)[None, :] >= ctx.p_start[:, None]  # (b, seq)
+    out = torch.empty(len(senders), b)
+    for i, (ls, hs) in enumerate(senders):
+        edits = {}
+        for l in range(model.n_layers):
+            values = ctx.clean[l]
+            if l == ls:
+                values = values.clone()
+                values[rows, ctx.p_start, hs] = ctx.corrupt_at[l, :, hs]
+            edits[("head_out", l)] = masked_replace(freeze[:, :, None], values)
+        recorded: dict = {}
+        for l in _receiver_layers(model, step):
+            edits[(step.receiver_site, l)] = record(recorded, l)
+        with torch.no_grad(), hooked(model, edits):
+            logits = model.hf(input_ids=ctx.ids, use_cache=False).logits
+        if step.receivers:
+            b_edits = {}
+            for l, heads in _receivers_by_layer(model, step).items():
+                values = recorded[l][rows, ctx.p_start][:, heads]
+                b_edits[(step.receiver_site, l)] = _set_at(heads, ctx.p_start, values)
+            with torch.no_grad(), hooked(model, b_edits):
+                logits = model.hf(input_ids=ctx.ids, use_cache=False).logits
+        p = logits[rows, ctx.last].float().softmax(-1)[rows, ctx.answers]
+        out[i] = ((p - ctx.p_clean) / ctx.p_clean).cpu()
+    return out
+
+
+# --- fast exact engine -------------------------------------------------------------------------------
+
+def _fast_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> torch.Tensor:
+    out = torch.empty(len(senders), ctx.ids.shape[0])
+    for p in torch.unique(ctx.p_start).tolist():
+        ex = torch.nonzero(ctx.p_start == p).flatten()
+        chunk = max(1, max_rows // len(ex))
+        for s0 in range(0, len(senders), chunk):
+            chunk_senders = senders[s0:s0 + chunk]
+            out[s0:s0 + len(chunk_senders), ex.cpu()] = _fast_chunk(model, ctx, step, chunk_senders, ex, p).cpu()
+    return out
+
+
+def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor, p: int) -> torch.Tensor:
+    """Scores (len(senders), len(ex)) for examples ``ex`` that share P_start = p."""
+    n_s, n_e = len(senders), len(ex)
+    rows = n_s * n_e
+    ex_rows = ex.repeat(n_s)                                   # row r -> example ex_rows[r]
+    sender_of_row = torch.arange(n_s, device=ex.device).repeat_interleave(n_e)
+    token = ctx.ids[ex_rows, p][:, None]                      # (rows, 1)
+    position = torch.full((rows, 1), p, device=ex.device)
+
+    # Run A: the token at p alone, every head output frozen, the sender's taking the corrupt value.
+    edits = {}
+    for l in range(model.n_layers):
+        values = ctx.clean[l][ex_rows, p].clone()             # (rows, heads, dim)
+        for i, (ls, hs) in enumerate(senders):
+            if ls == l:
+                r = slice(i * n_e, (i + 1) * n_e)
+                values[r, hs] = ctx.corrupt_at[l, ex, hs]
+        edits[("head_out", l)] = _constant(values[:, None])
+    recorded: dict = {}
+    for l in _receiver_layers(model, step):
+        edits[(step.receiver_site, l)] = record(recorded, l)
+    with torch.no_grad(), hooked(model, edits):
+        out = model.hf(input_ids=token, position_ids=position, use_cache=False)
+    if not step.receivers:
+        logits = out.logits[:, -1]
+    else:
+        # Run B: positions >= p on top of the clean prefix cache, receivers' q/v at p from run A.
+        b_edits = {}
+        for l, heads in _receivers_by_layer(model, step).items():
+            b_edits[(step.receiver_site, l)] = _set_first(heads, recorded[l][:, 0][:, heads])
+        suffix = ctx.ids[ex_rows, p:]
+        cache = _make_cache([(k[ex_rows, :, :p], v[ex_rows, :, :p]) for k, v in ctx.kv])
+        with torch.no_grad(), hooked(model, b_edits):
+            out = model.hf(input_ids=suffix, past_key_values=cache, use_cache=True)
+        last_in_suffix = ctx.last[ex_rows] - p
+        logits = out.logits[torch.arange(rows, device=ex.device), last_in_suffix]
+    answers = ctx.answers[ex_rows]
+    prob = logits.float().softmax(-1)[torch.arange(rows, device=ex.device), answers]
+    p_clean = ctx.p_clean[ex_rows]
+    return ((prob - p_clean) / p_clean).view(n_s, n_e)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def _constant(values: torch.Tensor):
+    def fn(x):
+        return values.to(x.dtype)
+
+    return fn
+
+
+def _set_first(heads, values):
+    """Replace ``heads`` at suffix position 0 with ``values`` (rows, len(heads), dim)."""
+
+    def fn(x):
+        out = x.clone()
+        out[:, 0, heads] = values.to(x.dtype)
+        return out
+
+    return fn
+
+
+def _set_at(heads, positions, values):
+    def fn(x):
+        out = x.clone()
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        out[rows, positions[:, None], torch.as_tensor(heads, device=x.device)[None, :]] = values.to(x.dtype)
+        return out
+
+    return fn
+
+
+def _receivers_by_layer(model, step: Step) -> dict[int, list[int]]:
+    """Receiver heads per layer at the receiver site; a v receiver under GQA is its shared kv head."""
+    by_layer: dict[int, list[int]] = {}
+    for l, h in step.receivers:
+        head = kv_head_of(model, int(h)) if step.receiver_site in ("k", "v") else int(h)
+        if head not in by_layer.setdefault(int(l), []):
+            by_layer[int(l)].append(head)
+    return by_layer
+
+
+def _receiver_layers(model, step: Step) -> list[int]:
+    return sorted(_receivers_by_layer(model, step))
+
+
+def _positions(dataset, position: str) -> torch.Tensor:
+    if position == "last":
+        return dataset.last_pos.clone()
+    if position == "query_label":
+        return dataset.query_label_pos.clone()
+    if position == "query_context":
+        return dataset.query_context_pos.clone()
+    raise MechtestError(f"unknown position class {position!r}; use one of {', '.join(POSITIONS)}")
+
+
+def _corrupt_positions(corrupt, position: str, seed: int) -> torch.Tensor:
+    """P_corr of spec 4.3: for the context label, a uniformly random box-label position per example."""
+    if position != "query_context":
+        return _positions(corrupt, position)
+    rng = random.Random(seed)
+    idx = torch.tensor([rng.randrange(corrupt.n_boxes) for _ in range(len(corrupt))])
+    return corrupt.label_pos[torch.arange(len(corrupt)), idx]
+
+
+def _validate(model, base, corrupt, step: Step) -> None:
+    if len(base) != len(corrupt):
+        raise MechtestError(f"base and corrupt prompt sets differ in size: {len(base)} vs {len(corrupt)}")
+    if base.input_ids.shape != corrupt.input_ids.shape:
+        raise MechtestError("base and corrupt prompts must share one token layout (same length)")
+    if not bool(base.attention_mask.bool().all()):
+        raise MechtestError("path patching needs unpadded prompts of one layout")
+    _positions(base, step.position)
+    if step.receivers:
+        if step.receiver_site not in ("q", "v"):
+            raise MechtestError(f"receiver site must be 'q' or 'v', not {step.receiver_site!r}")
+        check_heads(model, step.receivers)
+        n_heads_at(model, step.receiver_site)
+
+
+def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (key, value) tensors of a transformers cache, across cache API generations."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    return [tuple(kv[:2]) for kv in cache]
+
+
+def _make_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(ddp_cache_data=kv)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache.from_legacy_cache(tuple(kv))
