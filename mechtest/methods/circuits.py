@@ -1,0 +1,145 @@
+"""Circuits: groups of (layer, head) nodes, in the paper's JSON format (``{group: [[layer, head], ...]}``).
+
+A node is a head acting at its group's position class (spec 0.2): value fetcher and position transmitter
+at the last token, position detector at the query label, structure reader at the context occurrence of
+the query label. The same head may sit in several groups.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from mechtest.errors import CircuitError
+
+GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
+GROUP_POSITION = {"value_fetcher": "last", "pos_transmitter": "last",
+                  "pos_detector": "query_label", "struct_reader": "query_context"}
+PAPER_CIRCUITS = ("llama", "goat", "float")
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """Heads per group; immutable, ordered as the groups of the paper."""
+
+    groups: Mapping[str, tuple[Head, ...]]
+    name: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping, name: str = "") -> Circuit:
+        if not isinstance(data, Mapping):
+            raise CircuitError(f"circuit {name or ''} must be a JSON object of group -> [[layer, head], ...]")
+        unknown = set(data) - set(GROUPS)
+        if unknown:
+            raise CircuitError(f"circuit {name!r}: unknown group(s) {sorted(unknown)}; groups are {', '.join(GROUPS)}")
+        groups = {}
+        for group in GROUPS:
+            heads = []
+            for node in data.get(group, []):
+                if (not isinstance(node, (list, tuple)) or len(node) != 2
+                        or not all(isinstance(x, int) and not isinstance(x, bool) for x in node)):
+                    raise CircuitError(f"circuit {name!r}, group {group!r}: node {node!r} is not [layer, head]")
+                heads.append((int(node[0]), int(node[1])))
+            groups[group] = tuple(heads)
+        return cls(groups, name)
+
+    def to_dict(self) -> dict[str, list[list[int]]]:
+        return {g: [list(h) for h in self.groups.get(g, ())] for g in GROUPS}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()) + "\n")
+
+    def heads(self, group: str) -> tuple[Head, ...]:
+        return self.groups.get(group, ())
+
+    @property
+    def nodes(self) -> list[tuple[str, int, int]]:
+        return [(g, l, h) for g in GROUPS for l, h in self.heads(g)]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {g: len(self.heads(g)) for g in GROUPS}
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def at_position(self, position: str) -> set[Head]:
+        """Heads kept at a position class ("last", "query_label", "query_context")."""
+        return {h for g in GROUPS if GROUP_POSITION[g] == position for h in self.heads(g)}
+
+    def without(self, nodes: Iterable[tuple[str, int, int]]) -> Circuit:
+        drop = set(nodes)
+        return Circuit({g: tuple(h for h in self.heads(g) if (g, *h) not in drop) for g in GROUPS},
+                       self.name)
+
+    def check(self, model) -> None:
+        """Raise a clear error if any node is outside the model's (layers, heads) shape."""
+        for g, l, h in self.nodes:
+            if not (0 <= l < model.n_layers and 0 <= h < model.n_heads):
+                raise CircuitError(
+                    f"circuit {self.name!r} does not fit {model.name!r}: node ({l}, {h}) of group {g!r} is "
+                    f"outside its {model.n_layers} layers x {model.n_heads} heads"
+                )
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(n) for n in self.sizes.values())
+        return f"Circuit({self.name!r}, {len(self)} nodes: {sizes})"
+
+
+def load_circuit(spec: str | Path | Circuit | Mapping) -> Circuit:
+    """``paper:llama|goat|float``, a path to a JSON file, a dict or a Circuit."""
+    if isinstance(spec, Circuit):
+        return spec
+    if isinstance(spec, Mapping):
+        return Circuit.from_dict(spec)
+    text = str(spec)
+    if text.startswith("paper:"):
+        which = text.split(":", 1)[1]
+        if which not in PAPER_CIRCUITS:
+            raise CircuitError(f"unknown paper circuit {text!r}; use one of "
+                               f"{', '.join('paper:' + p for p in PAPER_CIRCUITS)}")
+        data = resources.files("mechtest.data").joinpath(f"circuits/{which}.json").read_text()
+        return Circuit.from_dict(json.loads(data), text)
+    path = Path(text)
+    if not path.is_file():
+        raise CircuitError(f"circuit file not found: {text}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CircuitError(f"circuit file {text} is not valid JSON: {e}") from None
+    return Circuit.from_dict(data, path.stem)
+
+
+def random_circuit(like: Circuit, n_layers: int, n_heads: int, seed: int = 0) -> Circuit:
+    """Same number of heads per group, drawn uniformly without replacement within each group.
+
+    The paper drew with replacement and mapped flat indices with the layer count (spec Q10); this
+    follows its intent: distinct heads, ``divmod`` by the head count.
+    """
+    rng = random.Random(seed)
+    total = n_layers * n_heads
+    groups = {}
+    for g in GROUPS:
+        k = len(like.heads(g))
+        if k > total:
+            raise CircuitError(f"group {g!r} has {k} heads, more than the model's {total}")
+        groups[g] = tuple(divmod(i, n_heads) for i in sorted(rng.sample(range(total), k)))
+    return Circuit(groups, f"random({like.name}, seed={seed})")
+
+
+def candidate_circuit(scores: Mapping[str, object], sizes: Mapping[str, int]) -> Circuit:
+    """Spec 4.5: top-k heads of each step's score matrix; a head in both top-VF and top-PT stays PT only.
+
+    ``scores`` maps group -> a path-patching ``StepResult``; ``sizes`` group -> k.
+    """
+    groups = {g: tuple(scores[g].top(sizes[g])) for g in GROUPS if g in scores and sizes.get(g)}
+    if "value_fetcher" in groups and "pos_transmitter" in groups:
+        pt = set(groups["pos_transmitter"])
+        groups["value_fetcher"] = tuple(h for h in groups["value_fetcher"] if h not in pt)
+    return Circuit({g: groups.get(g, ()) for g in GROUPS}, "candidate")

@@ -1,0 +1,209 @@
+"""Circuit evaluation (spec 5): accuracy, mean ablation, faithfulness, completeness, random circuits, minimality.
+
+Mean ablation (spec 5.1): every head output at every position is replaced by its per-position mean over a
+reference prompt set (computed on the model under evaluation), except the circuit's heads at their
+group's position. "Model minus K" ablates only K's nodes. Accuracies are kept unrounded (spec Q12).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from mechtest.errors import MechtestError
+from mechtest.forward import dataset_logits
+from mechtest.heads import masked_replace, run_and_read
+from mechtest.methods.circuits import GROUP_POSITION, GROUPS, Circuit, random_circuit
+from mechtest.stats import Measurement, bootstrap_ci, mean_ci, ratio_ci
+
+Node = tuple[str, int, int]
+
+
+def correct(model, dataset, *, batch_size: int = 50, edits_for_batch=None, progress: str | None = None) -> np.ndarray:
+    """Per prompt: does the argmax over the full vocabulary at the last position equal the answer?"""
+    logits = dataset_logits(model, dataset, batch_size=batch_size, edits_for_batch=edits_for_batch, progress=progress)
+    return (logits.argmax(-1) == dataset.answer_ids).numpy()
+
+
+def accuracy(model, dataset, *, batch_size: int = 50, seed: int = 0, edits_for_batch=None) -> Measurement:
+    hits = correct(model, dataset, batch_size=batch_size, edits_for_batch=edits_for_batch,
+                   progress=f"accuracy {model.name}")
+    return _mean_measurement("accuracy", hits, seed)
+
+
+def ablation_means(model, reference, *, batch_size: int = 50, cache=None) -> torch.Tensor:
+    """Per-position mean head output over ``reference``: (layers, seq, heads, head_dim), on the model's device.
+
+    Goes through the on-disk activation cache when one is given (keyed on the model and the prompts).
+    """
+    if not bool(reference.attention_mask.bool().all()):
+        raise MechtestError("the mean-ablation reference prompts must share one layout (no padding)")
+
+    def compute() -> dict[str, torch.Tensor]:
+        total = None
+        for start in range(0, len(reference), batch_size):
+            acts = run_and_read(model, reference.input_ids[start:start + batch_size], sites=("head_out",))
+            batch = torch.stack([acts[("head_out", l)].float().sum(0) for l in range(model.n_layers)])
+            total = batch if total is None else total + batch
+        return {"means": (total / len(reference)).cpu()}
+
+    if cache is None:
+        means = compute()["means"]
+    else:
+        key = cache.key(fingerprint=model.fingerprint, inputs=reference.input_ids, site="head_out_mean",
+                        dtype=model.dtype)
+        means = cache.get_or_compute(key, compute)["means"]
+    return means.to(model.device, model.dtype)
+
+
+def node_positions(dataset, group: str) -> torch.Tensor:
+    return {"last": dataset.last_pos, "query_label": dataset.query_label_pos,
+            "query_context": dataset.query_context_pos}[GROUP_POSITION[group]]
+
+
+def ablation_edits(model, dataset, means: torch.Tensor, *, keep: Circuit | None = None,
+                   ablate: Iterable[Node] | None = None):
+    """Edits for one batch slice: mean-ablate everything but ``keep``'s nodes, or only ``ablate``'s nodes."""
+    if (keep is None) == (ablate is None):
+        raise MechtestError("give exactly one of keep= (a circuit) or ablate= (nodes)")
+    seq = dataset.input_ids.shape[1]
+    if means.shape[1] < seq:
+        raise MechtestError(f"ablation means cover {means.shape[1]} positions, the prompts have {seq}")
+    nodes = keep.nodes if keep is not None else list(ablate)
+    if keep is not None:
+        keep.check(model)
+
+    def for_batch(sl: slice):
+        b = len(range(*sl.indices(len(dataset))))
+        rows = torch.arange(b)
+        masks = torch.full((model.n_layers, b, seq, model.n_heads), keep is not None)
+        for group, l, h in nodes:
+            masks[l, rows, node_positions(dataset, group)[sl], h] = keep is None
+        return {("head_out", l): masked_replace(masks[l], means[l, :seq])
+                for l in range(model.n_layers) if masks[l].any()}
+
+    return for_batch
+
+
+def circuit_correct(model, circuit: Circuit, dataset, means, *, batch_size: int = 50) -> np.ndarray:
+    return correct(model, dataset, batch_size=batch_size, edits_for_batch=ablation_edits(model, dataset, means, keep=circuit),
+                   progress=f"circuit {circuit.name}")
+
+
+def faithfulness(model, circuit: Circuit, dataset, reference, *, batch_size: int = 50, seed: int = 0,
+                 cache=None) -> Measurement:
+    """Circuit accuracy / model accuracy (spec 5.2), with a paired bootstrap interval over prompts."""
+    means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
+    full = correct(model, dataset, batch_size=batch_size)
+    circ = circuit_correct(model, circuit, dataset, means, batch_size=batch_size)
+    if full.mean() == 0:
+        raise MechtestError(f"{model.name} answers no prompt correctly: faithfulness is undefined")
+    low, high = ratio_ci(circ, full, seed=seed)
+    return Measurement("faithfulness", float(circ.mean() / full.mean()), low, high, len(dataset), seed,
+                       {"model_accuracy": float(full.mean()), "circuit_accuracy": float(circ.mean()),
+                        "circuit": circuit.name, "circuit_size": len(circuit)})
+
+
+def random_circuit_faithfulness(model, circuit: Circuit, dataset, reference, *, n_draws: int = 10,
+                                batch_size: int = 50, seed: int = 0, cache=None) -> Measurement:
+    """Mean faithfulness of ``n_draws`` random circuits with the same group sizes (spec 5.2, Q10)."""
+    means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
+    full = correct(model, dataset, batch_size=batch_size)
+    if full.mean() == 0:
+        raise MechtestError(f"{model.name} answers no prompt correctly: faithfulness is undefined")
+    draws = [circuit_correct(model, random_circuit(circuit, model.n_layers, model.n_heads, seed + i), dataset,
+                             means, batch_size=batch_size) for i in range(n_draws)]
+    avg = np.mean(draws, axis=0)
+    low, high = ratio_ci(avg, full, seed=seed)
+    return Measurement("random_circuit_faithfulness", float(avg.mean() / full.mean()), low, high, len(dataset),
+                       seed, {"draws": [float(d.mean() / full.mean()) for d in draws], "n_draws": n_draws})
+
+
+def completeness(model, circuit: Circuit, dataset, reference, *, mode: str = "random", n_draws: int = 10,
+                 batch_size: int = 50, seed: int = 0, cache=None) -> Measurement:
+    """Mean |F(C \\ K) - F(M \\ K)| (spec 5.3); K random halves of the nodes, or each whole group.
+
+    Lower is more complete. ``details["pairs"]`` holds every (F(C\\K), F(M\\K)) for the scatter plot.
+    """
+    means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
+    rng = random.Random(seed)
+    if mode == "random":
+        subsets = [[n for n in circuit.nodes if rng.random() < 0.5] for _ in range(n_draws)]
+    elif mode == "group":
+        subsets = [[n for n in circuit.nodes if n[0] == g] for g in GROUPS if circuit.heads(g)]
+    else:
+        raise MechtestError(f"unknown completeness mode {mode!r}; use 'random' or 'group'")
+    circ, full = [], []
+    for k in subsets:
+        circ.append(correct(model, dataset, batch_size=batch_size,
+                            edits_for_batch=ablation_edits(model, dataset, means, keep=circuit.without(k))))
+        full.append(correct(model, dataset, batch_size=batch_size,
+                            edits_for_batch=ablation_edits(model, dataset, means, ablate=k)))
+    n_k = len(subsets)
+
+    def stat(*arrays):
+        return np.mean([np.abs(arrays[i].mean(1) - arrays[n_k + i].mean(1)) for i in range(n_k)], axis=0)
+
+    value = float(np.mean([abs(c.mean() - m.mean()) for c, m in zip(circ, full)]))
+    low, high = bootstrap_ci(circ + full, stat, seed=seed)
+    return Measurement("completeness", value, low, high, len(dataset), seed,
+                       {"mode": mode, "pairs": [(float(c.mean()), float(m.mean())) for c, m in zip(circ, full)],
+                        "subset_sizes": [len(k) for k in subsets]})
+
+
+def minimality(model, circuit: Circuit, dataset, reference, *, threshold: float = 0.01,
+               partner_fraction: float = 0.3, batch_size: int = 100, cache=None,
+               groups: Sequence[str] = ("struct_reader", "pos_transmitter", "pos_detector", "value_fetcher"),
+               ) -> tuple[Circuit, dict[Node, dict]]:
+    """Prune nodes whose removal does not hurt (spec 5.4), scoring each group against the full candidate.
+
+    For each node v: pair drops F(C \\ {v, u}) rank partners u by F(C\\{u}) - F(C\\{v,u}); the partner set K_v
+    is the first ceil(fraction * group size) with positive value; keep v iff F(C\\K_v) / F(C\\(K_v+v)) - 1 >=
+    threshold. Equality is by value (spec Q5) and a zero denominator counts as essential (Q6).
+    """
+    means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
+    memo: dict[frozenset, float] = {}
+
+    def acc_without(nodes) -> float:
+        key = frozenset(nodes)
+        if key not in memo:
+            memo[key] = float(circuit_correct(model, circuit.without(key), dataset, means,
+                                              batch_size=batch_size).mean())
+        return memo[key]
+
+    kept = circuit
+    report: dict[Node, dict] = {}
+    for g in groups:
+        members = [n for n in circuit.nodes if n[0] == g]
+        n_partners = math.ceil(partner_fraction * len(members))
+        drop_pruned = []
+        for v in members:
+            gains = []
+            for u in members:
+                if u == v:
+                    continue
+                gains.append((acc_without([u]) - acc_without([v, u]), u))
+            gains.sort(key=lambda t: -t[0])
+            partners = []
+            for value, u in gains[:n_partners]:
+                if value <= 0:
+                    break
+                partners.append(u)
+            before, after = acc_without(partners), acc_without(partners + [v])
+            score = math.inf if after == 0 else before / after - 1
+            report[v] = {"before": before, "after": after, "score": score, "partners": partners,
+                         "kept": score >= threshold}
+            if score < threshold:
+                drop_pruned.append(v)
+        kept = kept.without(drop_pruned)
+    return Circuit(kept.groups, f"{circuit.name}-minimal"), report
+
+
+def _mean_measurement(metric: str, per_prompt: np.ndarray, seed: int, **details) -> Measurement:
+    per_prompt = np.asarray(per_prompt, dtype=np.float64)
+    low, high = mean_ci(per_prompt, seed=seed)
+    return Measurement(metric, float(per_prompt.mean()), low, high, len(per_prompt), seed, details)
