@@ -1,1 +1,271 @@
-"""pytest11 entry point of mechtest (options, claim collection and fixtures are added as they land)."""
+"""pytest11 entry point of mechtest: options, claim-file collection, fixtures, reports.
+
+Thin on purpose (syrupy's structure): every hook delegates to one :class:`~mechtest.session.MechtestSession`
+kept in ``config.stash``; xdist support is a separate object registered only when xdist is active, which
+merges the workers' claim results on the controller. Nothing heavy is imported here: torch, transformers and
+matplotlib load only inside the fixtures and items that need them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+import pytest
+
+from mechtest.claims import Claim, load_claims
+from mechtest.errors import ClaimError, MechtestError
+from mechtest.report import ClaimResult, json_report, provenance, summary_lines, write_json
+from mechtest.session import MechtestSession, ModelSpec, Settings, parse_model_option, zoo_models
+
+SESSION_KEY = pytest.StashKey[MechtestSession]()
+DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
+
+
+# ------------------------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mechtest", "mechtest: mechanistic-interpretability claims")
+    group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=PATH", dest="mechtest_model",
+                    help="make a checkpoint available to claims and tests under NAME (repeatable)")
+    group.addoption("--mechtest-device", default=None, metavar="DEVICE",
+                    help="device for every model, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
+    group.addoption("--mechtest-dtype", default=None, metavar="DTYPE",
+                    help="dtype for every model: float32 (default), bfloat16, float16")
+    group.addoption("--mechtest-cache-dir", default=None, metavar="DIR",
+                    help="activation cache directory (default: ini mechtest_cache_dir or <rootdir>/.mechtest_cache)")
+    group.addoption("--mechtest-clear-cache", action="store_true", default=False,
+                    help="empty the activation cache before the run")
+    group.addoption("--mechtest-prompts", type=int, default=None, metavar="N",
+                    help="use N prompts for every claim and method call (a quick run); default: each claim's n_prompts")
+    group.addoption("--mechtest-json", default=None, metavar="PATH",
+                    help="write every claim's result and the run's provenance as JSON to PATH")
+    group.addoption("--mechtest-report", default=None, metavar="DIR",
+                    help="write head heat maps (PNG) of path-patching scores, circuit heads outlined, into DIR")
+    parser.addini("mechtest_models", type="linelist", default=[],
+                  help="models by name, one 'name = path' per line (relative paths: the rootdir)")
+    parser.addini("mechtest_cache_dir", type="string", default="",
+                  help="activation cache directory (relative: the rootdir); default .mechtest_cache")
+    parser.addini("mechtest_claim_files", type="args", default=DEFAULT_CLAIM_FILES,
+                  help="glob patterns of TOML files collected as claims (default: %s)" % " ".join(DEFAULT_CLAIM_FILES))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "mechtest_models(*names, all=False): parametrize the test's mechtest_model argument over these "
+                   "configured models (all=True: every configured model); absent models are skipped")
+    config.addinivalue_line("markers", "mechtest_claim: an item collected from a mechtest claim file")
+    config.stash[SESSION_KEY] = MechtestSession(_settings(config), rootdir=config.rootpath)
+    if _is_controller(config) and config.getoption("mechtest_clear_cache"):
+        from mechtest.cache import ActivationCache
+
+        ActivationCache(config.stash[SESSION_KEY].settings.cache_dir).clear()
+    if config.pluginmanager.hasplugin("xdist") and _is_controller(config):
+        config.pluginmanager.register(_XdistController(config.stash[SESSION_KEY]), "mechtest-xdist")
+
+
+def _settings(config: pytest.Config) -> Settings:
+    root = config.rootpath
+    models: dict[str, ModelSpec] = {}
+    for name, path in zoo_models().items():
+        models[name] = ModelSpec(name, str(path), "zoo")
+    for line in config.getini("mechtest_models"):
+        try:
+            name, path = parse_model_option(line)
+        except ValueError as e:
+            raise pytest.UsageError(f"ini option mechtest_models: {e} (one 'name = path' per line)") from None
+        models[name] = ModelSpec(name, str((root / Path(path).expanduser()).resolve()), "ini mechtest_models")
+    for text in config.getoption("mechtest_model"):
+        try:
+            name, path = parse_model_option(text)
+        except ValueError as e:
+            raise pytest.UsageError(f"--mechtest-model: {e}") from None
+        path_obj = Path(path).expanduser()
+        models[name] = ModelSpec(name, str(path_obj.resolve()) if path_obj.exists() or "/" in path or
+                                 path.startswith(".") else path, "--mechtest-model")
+    prompts = config.getoption("mechtest_prompts")
+    if prompts is not None and prompts < 1:
+        raise pytest.UsageError(f"--mechtest-prompts must be >= 1, got {prompts}")
+    cache = config.getoption("mechtest_cache_dir") or config.getini("mechtest_cache_dir") or ".mechtest_cache"
+    cache_dir = Path(cache).expanduser()
+    if not cache_dir.is_absolute():
+        base = Path.cwd() if config.getoption("mechtest_cache_dir") else root
+        cache_dir = base / cache_dir
+    dtype = config.getoption("mechtest_dtype")
+    if dtype is not None:
+        known = {"float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"}
+        if dtype.lower() not in known:
+            raise pytest.UsageError(f"--mechtest-dtype: unknown dtype {dtype!r}; use one of {', '.join(sorted(known))}")
+    report = config.getoption("mechtest_report")
+    return Settings(models=models, device=config.getoption("mechtest_device"), dtype=dtype, cache_dir=cache_dir,
+                    prompts=prompts, report_dir=Path(report).resolve() if report else None,
+                    update_snapshots=bool(getattr(config.option, "update_snapshots", False)))
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+# ------------------------------------------------------------------------------------------- collection
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.suffix == ".toml" and any(fnmatch.fnmatch(file_path.name, pattern)
+                                           for pattern in parent.config.getini("mechtest_claim_files")):
+        return ClaimFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ClaimFile(pytest.File):
+    """A TOML file of ``[[claim]]`` tables: one item per claim x model; a malformed claim fails collection."""
+
+    def collect(self):
+        claims = load_claims(self.path, rootdir=self.config.rootpath)
+        for claim in claims:
+            for model in claim.models:
+                yield ClaimItem.from_parent(self, name=f"{claim.id}[{model}]", claim=claim, model_name=model)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ClaimError):
+            return f"ClaimError: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+
+class ClaimFailed(Exception):
+    def __init__(self, result: ClaimResult) -> None:
+        super().__init__(result.failure_text())
+        self.result = result
+
+
+class ClaimItem(pytest.Item):
+    """One claim on one model."""
+
+    def __init__(self, *, claim: Claim, model_name: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.claim = claim
+        self.model_name = model_name
+        self.add_marker(pytest.mark.mechtest_claim)
+        self.keywords[claim.metric] = True
+
+    def _session(self) -> MechtestSession:
+        return self.config.stash[SESSION_KEY]
+
+    def setup(self) -> None:
+        session = self._session()
+        needed = [self.model_name] + [self.claim.get(k) for k in ("base", "source") if self.claim.get(k)]
+        circuit = self.claim.get("circuit") or ""
+        if circuit.startswith("discovered:"):
+            needed.append(circuit.split(":", 1)[1])
+        for name in needed:
+            if not session.is_configured(name):
+                reason = session.skip_reason(name)
+                session.record_skip(self.claim, self.model_name, self.nodeid, reason)
+                pytest.skip(reason)
+
+    def runtest(self) -> None:
+        result = self._session().evaluate(self.claim, self.model_name, self.nodeid)
+        self.user_properties.extend(result.properties())
+        if not result.passed:
+            raise ClaimFailed(result)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ClaimFailed):
+            return str(excinfo.value)
+        if isinstance(excinfo.value, MechtestError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.claim.id} [{self.model_name}] ({self.claim.metric})"
+
+
+# ------------------------------------------------------------------------------------------- Python API
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("mechtest_models")
+    if marker is None or "mechtest_model" not in metafunc.fixturenames:
+        return
+    session = metafunc.config.stash[SESSION_KEY]
+    names = list(marker.args)
+    if marker.kwargs.get("all"):
+        names = names + [n for n in session.model_names if n not in names]
+    if not names:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.mechtest_models needs model names "
+                                "or all=True")
+    metafunc.parametrize("mechtest_model", names, indirect=True, ids=names)
+
+
+@pytest.fixture(scope="session")
+def mechtest(request: pytest.FixtureRequest) -> MechtestSession:
+    """Models, datasets, circuits and method results by name, memoised for the session."""
+    return request.config.stash[SESSION_KEY]
+
+
+@pytest.fixture
+def mechtest_model(request: pytest.FixtureRequest, mechtest: MechtestSession):
+    """The loaded model a ``@pytest.mark.mechtest_models(...)`` parameter names (skipped if not configured)."""
+    name = getattr(request, "param", None)
+    if name is None:
+        pytest.fail("the mechtest_model fixture needs @pytest.mark.mechtest_models('name', ...) on the test",
+                    pytrace=False)
+    return mechtest.model(name)
+
+
+@pytest.fixture
+def head_snapshot(snapshot):
+    """syrupy's ``snapshot`` with mechtest's head-level extension (rounded JSON, rtol/atol comparison)."""
+    from mechtest.snapshots import HeadSnapshotExtension
+
+    return snapshot.use_extension(HeadSnapshotExtension)
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    config = session.config
+    mt = config.stash.get(SESSION_KEY, None)
+    if mt is None:
+        return
+    if not _is_controller(config):
+        config.workeroutput["mechtest"] = mt.to_worker_output()
+        return
+    path = config.getoption("mechtest_json")
+    if path:
+        data = json_report(mt.results, mt.skipped, provenance(
+            rootdir=config.rootpath, models=mt.fingerprints, seeds=mt.seeds, cache_stats=mt.total_cache_stats(),
+            options={"prompts": mt.settings.prompts, "device": mt.settings.device, "dtype": mt.settings.dtype,
+                     "cache_dir": str(mt.settings.cache_dir)}))
+        write_json(Path(path), data)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    mt = config.stash.get(SESSION_KEY, None)
+    if mt is None or not _is_controller(config) or not (mt.results or mt.skipped):
+        return
+    terminalreporter.section("mechtest claims")
+    for line in summary_lines(mt.results, mt.skipped):
+        terminalreporter.write_line(line)
+    path = config.getoption("mechtest_json")
+    if path:
+        terminalreporter.write_line(f"JSON report: {os.path.abspath(path)}")
+    maps = sorted(r.heatmap for r in mt.results if r.heatmap and r.heatmap.endswith(".png"))
+    if maps:
+        terminalreporter.write_line(f"heat maps: {len(maps)} in {mt.settings.report_dir}")
+
+
+class _XdistController:
+    """Registered on the xdist controller only: merges each worker's claim results when it finishes."""
+
+    def __init__(self, session: MechtestSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node, error) -> None:
+        output = getattr(node, "workeroutput", {}).get("mechtest")
+        if output:
+            self.session.merge_worker_output(output)

@@ -1,0 +1,234 @@
+"""Head-level snapshots: score matrices and circuits stored as readable JSON, compared with rtol/atol.
+
+syrupy compares snapshots for equality only; head scores are floats that move in the last digits across
+machines and library versions. :class:`HeadSnapshotExtension` subclasses syrupy's single-file JSON extension
+and overrides ``serialize`` (shape + rounded values, one matrix row per line) and ``matches`` (numbers within
+``atol + rtol * |expected|``, everything else exact). A mismatch names how many entries differ, the largest
+absolute and relative errors and the (layer, head) entries that moved most.
+
+In a hand-written test::
+
+    def test_scores(mechtest, head_snapshot):
+        assert mechtest.path_patching("zoo-planted") == head_snapshot
+
+``head_snapshot`` is ``snapshot.use_extension(HeadSnapshotExtension)``; for other tolerances use
+``snapshot.use_extension(HeadSnapshotExtension.with_tolerance(rtol=0.05, atol=1e-3))``. Path-patching claims of
+claim files use the same format and comparison (:func:`compare_text`). ``--snapshot-update`` rewrites both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from syrupy.extensions.json import JSONSnapshotExtension
+
+DECIMALS = 4
+RTOL = 1e-2
+ATOL = 1e-3
+
+
+# ------------------------------------------------------------------------------------------ serialising
+
+
+def to_payload(data, decimals: int = DECIMALS):
+    """Plain JSON data for head-level objects: tensors/arrays, path-patching results, circuits, dicts."""
+    kind = type(data).__name__
+    if kind == "PathPatchingResult":
+        first = next(iter(data.steps.values()), None)
+        return {"kind": "path-patching",
+                "n_prompts": getattr(first, "n_prompts", None), "seed": getattr(first, "seed", None),
+                "steps": {g: to_payload(s.scores, decimals) for g, s in data.steps.items()}}
+    if kind == "StepResult":
+        return to_payload(data.scores, decimals)
+    if kind == "Circuit":
+        return {"kind": "circuit", "name": data.name, "groups": data.to_dict()}
+    if hasattr(data, "detach") or hasattr(data, "__array__") and not isinstance(data, (list, tuple)):
+        values = data.detach().cpu().double().tolist() if hasattr(data, "detach") else data.tolist()
+        shape = _shape(values)
+        return {"shape": shape, "values": _round(values, decimals)}
+    if isinstance(data, Mapping):
+        return {str(k): to_payload(v, decimals) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [to_payload(v, decimals) for v in data]
+    if isinstance(data, float):
+        return _round(data, decimals)
+    return data
+
+
+def dumps(payload) -> str:
+    """JSON text with every innermost list of numbers on one line (a matrix row reads as a row)."""
+    return _dump(payload, 0) + "\n"
+
+
+def _dump(obj, level: int) -> str:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, Mapping):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(str(k))}: {_dump(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list):
+        if all(not isinstance(v, (list, Mapping)) for v in obj):
+            return "[" + ", ".join(json.dumps(v) for v in obj) + "]"
+        return "[\n" + ",\n".join(inner + _dump(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def _shape(values) -> list[int]:
+    shape = []
+    while isinstance(values, list):
+        shape.append(len(values))
+        values = values[0] if values else None
+    return shape
+
+
+def _round(values, decimals: int):
+    if isinstance(values, list):
+        return [_round(v, decimals) for v in values]
+    if isinstance(values, float):
+        if not math.isfinite(values):
+            return str(values)
+        rounded = round(values, decimals)
+        return 0.0 if rounded == 0 else rounded
+    return values
+
+
+# ------------------------------------------------------------------------------------------ comparing
+
+
+@dataclass
+class Mismatch:
+    """Why two payloads differ: structural problems and/or numbers outside tolerance."""
+
+    problems: list[str]
+    n_differ: int = 0
+    n_total: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst: list[tuple[float, str, float, float]] | None = None  # (abs error, where, expected, actual)
+    rtol: float = RTOL
+    atol: float = ATOL
+
+    def lines(self, n_worst: int = 5) -> list[str]:
+        out = list(self.problems)
+        if self.n_differ:
+            out.append(f"{self.n_differ} of {self.n_total} entries differ beyond rtol={self.rtol:g}, "
+                       f"atol={self.atol:g}: max abs error {self.max_abs:.4g}, max rel error {self.max_rel:.4g}")
+            out.append("heads that moved most (expected -> obtained):")
+            for err, where, exp, act in sorted(self.worst or [], key=lambda t: -t[0])[:n_worst]:
+                out.append(f"  {where}: {exp:.4g} -> {act:.4g} (abs error {err:.4g})")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def compare_payloads(actual, expected, *, rtol: float = RTOL, atol: float = ATOL) -> Mismatch | None:
+    """None when ``actual`` matches ``expected`` within tolerance, else a :class:`Mismatch`."""
+    m = Mismatch([], rtol=rtol, atol=atol, worst=[])
+    _walk(actual, expected, "", m)
+    return m if m.problems or m.n_differ else None
+
+
+def _is_matrix(obj) -> bool:
+    return isinstance(obj, Mapping) and set(obj) == {"shape", "values"}
+
+
+def _walk(act, exp, where: str, m: Mismatch) -> None:
+    if _is_matrix(exp) and _is_matrix(act):
+        if list(act["shape"]) != list(exp["shape"]):
+            m.problems.append(f"{where or 'matrix'}: shape {act['shape']} obtained, {exp['shape']} expected")
+            return
+        _numbers(act["values"], exp["values"], where, (), m)
+        return
+    if isinstance(exp, Mapping) and isinstance(act, Mapping):
+        for key in exp:
+            if key not in act:
+                m.problems.append(f"{_join(where, key)}: missing from the obtained result")
+        for key in act:
+            if key not in exp:
+                m.problems.append(f"{_join(where, key)}: not in the snapshot")
+            else:
+                _walk(act[key], exp[key], _join(where, key), m)
+        return
+    if isinstance(exp, list) and isinstance(act, list):
+        if len(exp) != len(act):
+            m.problems.append(f"{where or 'list'}: {len(act)} items obtained, {len(exp)} expected")
+            return
+        for i, (a, e) in enumerate(zip(act, exp)):
+            _walk(a, e, f"{where}[{i}]", m)
+        return
+    if isinstance(exp, (int, float)) and isinstance(act, (int, float)) \
+            and not isinstance(exp, bool) and not isinstance(act, bool):
+        _numbers(act, exp, where, (), m)
+        return
+    if act != exp:
+        m.problems.append(f"{where or 'value'}: {act!r} obtained, {exp!r} expected")
+
+
+def _numbers(act, exp, where: str, index: tuple, m: Mismatch) -> None:
+    if isinstance(exp, list):
+        for i, (a, e) in enumerate(zip(act, exp)):
+            _numbers(a, e, where, (*index, i), m)
+        return
+    m.n_total += 1
+    a, e = float(act), float(exp)
+    err = abs(a - e)
+    if math.isnan(a) and math.isnan(e):
+        return
+    rel = err / abs(e) if e != 0 else (math.inf if err else 0.0)
+    m.max_abs = max(m.max_abs, err)
+    m.max_rel = max(m.max_rel, rel)
+    if not err <= m.atol + m.rtol * abs(e):
+        m.n_differ += 1
+        label = f"(L{index[0]}, H{index[1]})" if len(index) == 2 else str(list(index)) if index else ""
+        m.worst.append((err, f"{where} {label}".strip(), e, a))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def compare_text(actual_text: str, expected_text: str, *, rtol: float = RTOL,
+                 atol: float = ATOL) -> Mismatch | None:
+    try:
+        expected = json.loads(expected_text)
+    except json.JSONDecodeError as e:
+        return Mismatch([f"the snapshot is not valid JSON ({e}); rewrite it with --snapshot-update"])
+    return compare_payloads(json.loads(actual_text), expected, rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------------------------------ syrupy
+
+
+class HeadSnapshotExtension(JSONSnapshotExtension):
+    """syrupy single-file JSON snapshots of head-level results, compared with a numeric tolerance."""
+
+    rtol: float = RTOL
+    atol: float = ATOL
+    decimals: int = DECIMALS
+
+    @classmethod
+    def with_tolerance(cls, *, rtol: float = RTOL, atol: float = ATOL,
+                       decimals: int = DECIMALS) -> type[HeadSnapshotExtension]:
+        return type(f"HeadSnapshotExtension_rtol{rtol:g}_atol{atol:g}", (cls,),
+                    {"rtol": rtol, "atol": atol, "decimals": decimals})
+
+    def serialize(self, data, *, exclude=None, include=None, matcher=None) -> str:
+        return dumps(to_payload(data, self.decimals))
+
+    def matches(self, *, serialized_data, snapshot_data) -> bool:
+        try:
+            return compare_text(str(serialized_data), str(snapshot_data), rtol=self.rtol, atol=self.atol) is None
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return False
+
+    def diff_lines(self, serialized_data, snapshot_data) -> Iterator[str]:
+        if snapshot_data:
+            mismatch = compare_text(str(serialized_data), str(snapshot_data), rtol=self.rtol, atol=self.atol)
+            if mismatch is not None:
+                yield from mismatch.lines()
+        yield from super().diff_lines(serialized_data, snapshot_data)
