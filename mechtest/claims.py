@@ -35,7 +35,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
-DESIDERATA = ("object_value", "positional", "box_label_value")
+# mirrors mechtest.tasks.entity_tracking (kept here so validating a claim file does not import torch)
+DESIDERATA = ("positional", "object_value", "box_label_value", "random_text_start", "random_text_end",
+              "add_tokens_btw_box_and_obj", "add_seg_start", "add_seg_end", "add_box_before_correct_segment",
+              "incorrect_segment", "altered_box_obj_order", "altered_box_obj_association", "no_comma", "add_comma")
+DCM_QUANTITIES = ("accuracy", "selected_fraction")
 VERDICTS = ("preserved", "not preserved")
 
 # field -> (python types, description used in errors)
@@ -57,7 +61,7 @@ METRICS: dict[str, tuple[dict, dict]] = {
     "random_circuit_faithfulness": ({"circuit": _STR}, {"ablation": _STR, "n_draws": _INT}),
     "path_patching": ({}, {"group": _STR, "receivers": _TABLE, "circuit": _STR, "rtol": _NUM, "atol": _NUM,
                            "tolerance": _NUM}),
-    "dcm": ({"circuit": _STR, "group": _STR, "desideratum": _STR}, {}),
+    "dcm": ({"circuit": _STR, "group": _STR, "desideratum": _STR}, {"quantity": _STR}),
     "cmap_accuracy": ({"source": _STR}, {"circuit": _STR, "group": _STR}),
     "knockout_accuracy": ({}, {"layer": _INT}),
     "verdict": ({"base": _STR}, {"circuit": _STR}),
@@ -227,6 +231,8 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
             fail("group", f"unknown group {params['group']!r}; use one of {', '.join(allowed_groups)}")
     if metric == "dcm" and params["desideratum"] not in DESIDERATA:
         fail("desideratum", f"unknown desideratum {params['desideratum']!r}; use one of {', '.join(DESIDERATA)}")
+    if metric == "dcm" and params.get("quantity", "accuracy") not in DCM_QUANTITIES:
+        fail("quantity", f"must be one of {', '.join(DCM_QUANTITIES)}, got {params['quantity']!r}")
     if metric == "completeness" and params.get("mode", "random") not in ("random", "group"):
         fail("mode", f"must be 'random' or 'group', got {params['mode']!r}")
     if "n_draws" in params and params["n_draws"] < 1:

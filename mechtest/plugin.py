@@ -162,7 +162,7 @@ class ClaimItem(pytest.Item):
             if not session.is_configured(name):
                 reason = session.skip_reason(name)
                 session.record_skip(self.claim, self.model_name, self.nodeid, reason)
-                pytest.skip(reason)
+                raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def runtest(self) -> None:
         result = self._session().evaluate(self.claim, self.model_name, self.nodeid)

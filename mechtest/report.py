@@ -191,6 +191,7 @@ def heatmap(scores: dict[str, Any], path: Path, *, title: str, circuit=None) -> 
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
 
     groups = [g for g in GROUP_TITLES if g in scores]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.0), squeeze=False)
@@ -199,6 +200,8 @@ def heatmap(scores: dict[str, Any], path: Path, *, title: str, circuit=None) -> 
         bound = float(np.nanmax(np.abs(data))) or 1.0
         image = ax.imshow(data, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
         ax.set_title(GROUP_TITLES[group], fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         if circuit is not None:

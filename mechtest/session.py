@@ -87,7 +87,10 @@ class MechtestSession:
         return name in self.settings.models
 
     def skip_reason(self, name: str) -> str:
-        return f"model {name!r} is not configured: pass --mechtest-model {name}=PATH"
+        hint = ""
+        if name in ZOO:
+            hint = f" (the zoo checkpoint fixtures/zoo/{ZOO[name]} is not built)"
+        return f"model {name!r} is not configured{hint}: pass --mechtest-model {name}=PATH"
 
     def model(self, model):
         """The loaded model called ``name`` (loaded once); a test asking for an absent model is skipped."""
@@ -244,7 +247,7 @@ class MechtestSession:
             return Measurement("circuit_accuracy", float(hits.mean()), low, high, len(hits), seed,
                                {"circuit": circ.name})
 
-        return self._memoised(("circuit_accuracy", model.name, circ.name, len(data), data.n_boxes, seed),
+        return self._memoised(("circuit_accuracy", model.name, _circuit_key(circ), len(data), data.n_boxes, seed),
                               circuit_accuracy)
 
     def _means(self, model, n, n_boxes, seed):
@@ -359,6 +362,21 @@ class MechtestSession:
         self.seeds.add(seed)
         return self._memoised(key, lambda: fn(base_model, cand_model, **kwargs))
 
+    def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,
+            n_boxes: int | None = None):
+        """Desiderata-based masking: which heads of ``circuit``'s ``group`` carry ``desideratum``.
+
+        ``n`` training pairs, ``n // 2`` validation and test pairs."""
+        model = self.model(model)
+        circ = self.circuit(circuit)
+        n, n_boxes = self._n(n), n_boxes or self.n_boxes(model)
+        dcm_module = self._optional_method("dcm", "DCM")
+        self.seeds.add(seed)
+        return self._memoised(
+            ("dcm", model.name, _circuit_key(circ), group, desideratum, n, n_boxes, seed),
+            lambda: dcm_module.dcm(model, circ, group, desideratum, n_boxes=n_boxes, n_train=n,
+                                   n_val=max(1, n // 2), n_test=max(1, n // 2), seed=seed, progress=False))
+
     def _optional_method(self, module: str, what: str):
         import importlib
 
@@ -407,6 +425,8 @@ class MechtestSession:
     def _measure(self, claim: Claim, model, *, n, seed, n_boxes, result: ClaimResult):
         metric, circuit = claim.metric, claim.get("circuit")
         common = {"n": n, "seed": seed, "n_boxes": n_boxes}
+        if circuit is not None and circuit.startswith("discovered:"):
+            circuit = self.circuit(circuit, n=n, seed=seed)  # discovered with the claim's sample
         if metric == "accuracy":
             return None, self.accuracy(model, circuit=circuit, **common)
         if metric == "faithfulness":
@@ -429,7 +449,12 @@ class MechtestSession:
                 result.extra = {k: v for k, v in as_dict().items() if isinstance(v, (int, float, str, bool))}
             return verdict, None
         if metric == "dcm":
-            return None, self._call_optional("dcm", "DCM", model, claim, common)
+            found = self.dcm(model, circuit=circuit, group=claim.get("group"), desideratum=claim.get("desideratum"),
+                             **common)
+            result.detail = found.explain()
+            if claim.get("quantity", "accuracy") == "selected_fraction":
+                return len(found.selected) / max(1, len(found.heads)), None
+            return None, found.test
         if metric == "cmap_accuracy":
             return None, self._call_optional("cmap", "CMAP", model, claim, common)
         if metric == "knockout_accuracy":
@@ -472,7 +497,7 @@ class MechtestSession:
             obtained.write_text(text)
             result.detail = (f"no snapshot at {path}; the obtained scores were written to {obtained}. "
                              "Run with --snapshot-update to accept them.")
-            return "missing"
+            return "no snapshot"
         expected = path.read_text()
         try:
             recorded = json.loads(expected)
