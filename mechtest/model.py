@@ -123,7 +123,8 @@ def load_model(
     except OSError as e:
         raise ModelLoadError(f"could not load the weights of {source!r}: {_first_line(e)}") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **options)
+        tokenizer = _tokenizer_class(local if is_local else None, AutoTokenizer).from_pretrained(
+            source, trust_remote_code=trust_remote_code, **options)
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"no usable tokenizer in {source!r}: {_first_line(e)}") from None
     if tokenizer is None or isinstance(tokenizer, bool):
@@ -147,6 +148,25 @@ def load_model(
         device=torch_device,
         fingerprint=_fingerprint(hf, config, torch_dtype, Path(source) if is_local else None),
     )
+
+
+def _tokenizer_class(directory: Path | None, default):
+    """The checkpoint's own generic fast tokenizer wins over the model type's tokenizer class.
+
+    transformers 5 maps some model types (e.g. qwen2) to their own tokenizer class, which would
+    re-process a plain ``tokenizer.json`` saved by ``PreTrainedTokenizerFast`` differently.
+    """
+    config = directory / "tokenizer_config.json" if directory is not None else None
+    if config is not None and config.is_file():
+        try:
+            declared = json.loads(config.read_text()).get("tokenizer_class")
+        except (json.JSONDecodeError, AttributeError):
+            declared = None
+        if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast
+    return default
 
 
 def supported_architectures() -> list[str]:

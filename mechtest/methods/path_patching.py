@@ -17,6 +17,7 @@ the obviously-correct implementation (one full forward per sender) for tests and
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class _BatchContext:
         corrupt_acts = run_and_read(model, corrupt.input_ids[sl], sites=("head_out",))
         p_corr = p_corr.to(model.device)
         corrupt_at = torch.stack([corrupt_acts[("head_out", l)][rows, p_corr] for l in range(model.n_layers)])
-        kv = _cache_tensors(out.past_key_values) if need_kv else None
+        kv = _cache_tensors(_output_cache(out)) if need_kv else None
         return cls(ids, answers, last, p_start.to(model.device), clean, corrupt_at, probs, kv)
 
 
@@ -191,13 +192,18 @@ def _naive_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> t
 # --- fast exact engine -------------------------------------------------------------------------------
 
 def _fast_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> torch.Tensor:
-    out = torch.empty(len(senders), ctx.ids.shape[0])
+    out = torch.zeros(len(senders), ctx.ids.shape[0])
+    # A sender changes nothing in its own or earlier layers, so with every receiver at or below the
+    # sender's layer run B is the clean run: the score is exactly 0 and needs no forward pass.
+    top = max((l for l, _ in step.receivers), default=None)
+    active = [i for i, (l, _) in enumerate(senders) if top is None or l < top]
     for p in torch.unique(ctx.p_start).tolist():
         ex = torch.nonzero(ctx.p_start == p).flatten()
         chunk = max(1, max_rows // len(ex))
-        for s0 in range(0, len(senders), chunk):
-            chunk_senders = senders[s0:s0 + chunk]
-            out[s0:s0 + len(chunk_senders), ex.cpu()] = _fast_chunk(model, ctx, step, chunk_senders, ex, p).cpu()
+        for s0 in range(0, len(active), chunk):
+            idx = active[s0:s0 + chunk]
+            scores = _fast_chunk(model, ctx, step, [senders[i] for i in idx], ex, p).cpu()
+            out[torch.tensor(idx)[:, None], ex.cpu()[None, :]] = scores
     return out
 
 
@@ -206,7 +212,6 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
     n_s, n_e = len(senders), len(ex)
     rows = n_s * n_e
     ex_rows = ex.repeat(n_s)                                   # row r -> example ex_rows[r]
-    sender_of_row = torch.arange(n_s, device=ex.device).repeat_interleave(n_e)
     token = ctx.ids[ex_rows, p][:, None]                      # (rows, 1)
     position = torch.full((rows, 1), p, device=ex.device)
 
@@ -234,7 +239,7 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
         suffix = ctx.ids[ex_rows, p:]
         cache = _make_cache([(k[ex_rows, :, :p], v[ex_rows, :, :p]) for k, v in ctx.kv])
         with torch.no_grad(), hooked(model, b_edits):
-            out = model.hf(input_ids=suffix, past_key_values=cache, use_cache=True)
+            out = model.hf(input_ids=suffix, use_cache=True, **{_cache_kwarg(model): cache})
         last_in_suffix = ctx.last[ex_rows] - p
         logits = out.logits[torch.arange(rows, device=ex.device), last_in_suffix]
     answers = ctx.answers[ex_rows]
@@ -319,6 +324,16 @@ def _validate(model, base, corrupt, step: Step) -> None:
             raise MechtestError(f"receiver site must be 'q' or 'v', not {step.receiver_site!r}")
         check_heads(model, step.receivers)
         n_heads_at(model, step.receiver_site)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; accept both generations."""
+    return "cache" if "cache" in inspect.signature(type(model.hf).forward).parameters else "past_key_values"
+
+
+def _output_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
