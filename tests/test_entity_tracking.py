@@ -82,14 +82,16 @@ def test_make_dataset_layout(tok, n_boxes):
 
 
 def test_paper_token_layout():
-    """Spec 2.4: 54 tokens with BOS, objects at 2+7s, labels at 6+7s, query label 51, last 53."""
-    for name, shift in (("word_level", 0), ("sentencepiece", 0), ("byte_bpe", -1)):
+    """Spec 2.4: 54 tokens with BOS, objects at 2+7s, labels at 6+7s, query label 51, last 53; the GPT-2
+    style tokenizer has no BOS and splits " contains" in three, so its positions are found, not assumed."""
+    for name, shift, contains in (("word_level", 0, 1), ("sentencepiece", 0, 1), ("byte_bpe", -1, 3)):
         tok = T.get(name)
+        assert len(tok.encode(" contains", add_special_tokens=False)) == contains
         ds = make_dataset(tok, 14, n_boxes=7)
-        assert ds.input_ids.shape == (14, 54 + shift)
+        assert ds.input_ids.shape == (14, 54 + shift + contains - 1)
         assert ds.object_pos[0].tolist() == [2 + 7 * s + shift for s in range(7)]
         assert ds.label_pos[0].tolist() == [6 + 7 * s + shift for s in range(7)]
-        assert (ds.query_label_pos == 51 + shift).all() and (ds.last_pos == 53 + shift).all()
+        assert (ds.query_label_pos == 51 + shift).all() and (ds.last_pos == 53 + shift + contains - 1).all()
         assert (ds.query_context_pos == ds.label_pos[0][ds.queried_index]).all()
         if tok.bos_token_id is not None and shift == 0:
             assert (ds.input_ids[:, 0] == tok.bos_token_id).all()

@@ -22,6 +22,11 @@ def examples(name: str, n_boxes=None):
     return entity_tracking_examples(T.get(name), n_boxes)
 
 
+@functools.lru_cache(maxsize=None)
+def vocabulary(name: str):
+    return usable_vocabulary(T.get(name))
+
+
 @pytest.mark.parametrize("name", T.NAMES)
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -33,7 +38,7 @@ def test_examples_are_valid_prompts(name, data):
     q = int(ex.queried_index[0])
     assert ex.query_labels[0] == ex.labels[0][q]  # the answer is the object in the queried box
     assert int(ex.answer_ids[0]) == token_id(tok, ex.objects[0][q])
-    vocab = usable_vocabulary(tok)
+    vocab = vocabulary(name)
     assert set(ex.objects[0]) <= set(vocab.objects) and set(ex.labels[0]) <= set(vocab.labels)
 
 

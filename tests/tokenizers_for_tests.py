@@ -21,8 +21,9 @@ SP_HELD_OUT_OBJECTS = ("guitar", "medicine", "camera")
 NAMES = ("word_level", "byte_bpe", "sentencepiece")
 
 
-def _training_text(held_out_objects, held_out_labels) -> list[str]:
-    """Template sentences (and the additional-desiderata words) without the held-out words."""
+def _training_text(held_out_objects, held_out_labels, verb: str = "contains") -> list[str]:
+    """Template sentences (and the additional-desiderata words) without the held-out words; another query
+    verb than "contains" leaves " contains" split up, so the query label is no longer at last - 2."""
     rng = random.Random(0)
     objects = [o for o in object_names() if o not in held_out_objects]
     labels = [lab for lab in string.ascii_uppercase if lab not in held_out_labels]
@@ -30,20 +31,21 @@ def _training_text(held_out_objects, held_out_labels) -> list[str]:
     for _ in range(400):
         objs, labs = rng.sample(objects, 7), rng.sample(labels, 7)
         segments = ", ".join(f"the {o} is in Box {lab}" for o, lab in zip(objs, labs))
-        lines.append(f"T{segments[1:]}. Box {labs[3]} contains the {objs[3]}.")
+        lines.append(f"T{segments[1:]}. Box {labs[3]} {verb} the {objs[3]}.")
     return lines
 
 
 @functools.lru_cache(maxsize=None)
 def byte_bpe() -> PreTrainedTokenizerFast:
-    """GPT-2 style: byte-level BPE, no prefix space, no BOS added, no pad token (pads with eos)."""
+    """GPT-2 style: byte-level BPE, no prefix space, no BOS added, no pad token (pads with eos), and
+    " contains" is several tokens."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=1000, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(_training_text(BPE_HELD_OUT_OBJECTS, BPE_HELD_OUT_LABELS), trainer)
+    tok.train_from_iterator(_training_text(BPE_HELD_OUT_OBJECTS, BPE_HELD_OUT_LABELS, verb="holds"), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", name_or_path="test-byte-bpe"
     )
