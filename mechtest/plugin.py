@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -123,9 +124,13 @@ class ClaimFile(pytest.File):
 
     def collect(self):
         claims = load_claims(self.path, rootdir=self.config.rootpath)
+        lines = self.path.read_text(encoding="utf-8").splitlines()
         for claim in claims:
+            pattern = re.compile(rf"""^\s*id\s*=\s*["']{re.escape(claim.id)}["']""")
+            lineno = next((i for i, line in enumerate(lines) if pattern.match(line)), 0)
             for model in claim.models:
-                yield ClaimItem.from_parent(self, name=f"{claim.id}[{model}]", claim=claim, model_name=model)
+                yield ClaimItem.from_parent(self, name=f"{claim.id}[{model}]", claim=claim, model_name=model,
+                                            lineno=lineno)
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ClaimError):
@@ -142,10 +147,11 @@ class ClaimFailed(Exception):
 class ClaimItem(pytest.Item):
     """One claim on one model."""
 
-    def __init__(self, *, claim: Claim, model_name: str, **kwargs) -> None:
+    def __init__(self, *, claim: Claim, model_name: str, lineno: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.claim = claim
         self.model_name = model_name
+        self.lineno = lineno
         self.add_marker(pytest.mark.mechtest_claim)
         self.keywords[claim.metric] = True
 
@@ -178,7 +184,7 @@ class ClaimItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return self.path, None, f"{self.claim.id} [{self.model_name}] ({self.claim.metric})"
+        return self.path, self.lineno, f"{self.claim.id} [{self.model_name}] ({self.claim.metric})"
 
 
 # ------------------------------------------------------------------------------------------- Python API
