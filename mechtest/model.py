@@ -107,6 +107,10 @@ def load_model(
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not read the config of {source!r}: {_first_line(e)}") from None
     arch = arch_for_model_type(config.model_type)  # clear error listing the supported ones
+    declared = getattr(config, "architectures", None) or []
+    if declared and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in declared):
+        # loading it anyway would attach a randomly initialised LM head: silently wrong numbers
+        raise ModelLoadError(f"{source!r} is a {', '.join(declared)} checkpoint, not a causal language model")
 
     torch_dtype = resolve_dtype(dtype)
     try:

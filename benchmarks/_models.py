@@ -1,0 +1,24 @@
+"""Random-init Llama checkpoints for the benchmarks, saved and loaded like a user's checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mechtest.model import load_model
+from mechtest.zoo.vocab import build_tokenizer, vocabulary
+
+
+def random_llama(*, layers: int, heads: int, hidden: int, intermediate: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(vocabulary()), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    directory = Path(tempfile.mkdtemp(prefix="mechtest-bench-"))
+    LlamaForCausalLM(config).save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    return load_model(directory, device="cuda" if torch.cuda.is_available() else "cpu")
