@@ -40,6 +40,9 @@ DESIDERATA = ("positional", "object_value", "box_label_value", "random_text_star
               "add_tokens_btw_box_and_obj", "add_seg_start", "add_seg_end", "add_box_before_correct_segment",
               "incorrect_segment", "altered_box_obj_order", "altered_box_obj_association", "no_comma", "add_comma")
 DCM_QUANTITIES = ("accuracy", "selected_fraction")
+# mirrors mechtest.methods.knockout.EDGES
+KNOCKOUT_EDGES = ("last->object", "last->query_label", "query_label->query_context", "last->random",
+                  "query_label->random")
 VERDICTS = ("preserved", "not preserved")
 
 # field -> (python types, description used in errors)
@@ -63,8 +66,8 @@ METRICS: dict[str, tuple[dict, dict]] = {
                            "tolerance": _NUM}),
     "dcm": ({"circuit": _STR, "group": _STR, "desideratum": _STR}, {"quantity": _STR}),
     "cmap_accuracy": ({"source": _STR}, {"circuit": _STR, "group": _STR}),
-    "knockout_accuracy": ({}, {"layer": _INT}),
-    "verdict": ({"base": _STR}, {"circuit": _STR}),
+    "knockout_accuracy": ({}, {"layer": _INT, "edge": _STR}),
+    "verdict": ({"base": _STR}, {}),
 }
 DEFAULT_N_PROMPTS = 500
 
@@ -233,6 +236,10 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
         fail("desideratum", f"unknown desideratum {params['desideratum']!r}; use one of {', '.join(DESIDERATA)}")
     if metric == "dcm" and params.get("quantity", "accuracy") not in DCM_QUANTITIES:
         fail("quantity", f"must be one of {', '.join(DCM_QUANTITIES)}, got {params['quantity']!r}")
+    if metric == "knockout_accuracy" and params.get("edge", "last->object") not in KNOCKOUT_EDGES:
+        fail("edge", f"unknown edge {params['edge']!r}; use one of {', '.join(KNOCKOUT_EDGES)}")
+    if metric == "knockout_accuracy" and params.get("layer", 0) < 0:
+        fail("layer", f"must be >= 0, got {params['layer']}")
     if metric == "completeness" and params.get("mode", "random") not in ("random", "group"):
         fail("mode", f"must be 'random' or 'group', got {params['mode']!r}")
     if "n_draws" in params and params["n_draws"] < 1:
@@ -247,6 +254,8 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     for key in ("base", "source"):
         if key in params and not params[key]:
             fail(key, "must name a model")
+    if metric == "cmap_accuracy" and params["source"] in models:
+        fail("source", f"the source model {params['source']!r} is also one of the claim's models")
     if metric == "verdict" and params["base"] in models:
         fail("base", f"the base model {params['base']!r} is also one of the candidate models")
     return Claim(id=table["id"], metric=metric, models=tuple(models), expect=expect, n_prompts=n_prompts,

@@ -338,7 +338,7 @@ class MechtestSession:
         return self._memoised(("path_patching", model.name, len(base), base.n_boxes, seed,
                                tuple(sorted(recv.items()))), compute)
 
-    def compare(self, base, candidate, *, circuit=None, n: int | None = None, seed: int = 0,
+    def compare(self, base, candidate, *, n: int | None = None, seed: int = 0,
                 n_boxes: int | None = None):
         """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``)."""
         try:
@@ -353,12 +353,10 @@ class MechtestSession:
         fn = compare_module.compare
         params = inspect.signature(fn).parameters
         offered = {"n_prompts": self._n(n), "seed": seed, "n_boxes": n_boxes or self.n_boxes(base_model),
-                   "cache": self.cache}
-        if circuit is not None:
-            offered["circuit"] = self.circuit(circuit)
+                   "cache": self.cache, "progress": False}
         kwargs = {k: v for k, v in offered.items() if k in params}
-        key = ("compare", base_model.name, cand_model.name, str(circuit), tuple(sorted(
-            (k, v) for k, v in kwargs.items() if k not in ("cache", "circuit"))))
+        key = ("compare", base_model.name, cand_model.name,
+               tuple(sorted((k, v) for k, v in kwargs.items() if k != "cache")))
         self.seeds.add(seed)
         return self._memoised(key, lambda: fn(base_model, cand_model, **kwargs))
 
@@ -376,6 +374,31 @@ class MechtestSession:
             ("dcm", model.name, _circuit_key(circ), group, desideratum, n, n_boxes, seed),
             lambda: dcm_module.dcm(model, circ, group, desideratum, n_boxes=n_boxes, n_train=n,
                                    n_val=max(1, n // 2), n_test=max(1, n // 2), seed=seed, progress=False))
+
+    def cmap(self, model, *, source, circuit=None, group: str | None = None, n: int | None = None, seed: int = 0,
+             n_boxes: int | None = None):
+        """Cross-model activation patching: ``model``'s accuracy with ``source``'s head outputs patched in
+        (every head, or ``circuit``'s nodes, or one ``group`` of them)."""
+        model, donor = self.model(model), self.model(source)
+        circ = None if circuit is None else self.circuit(circuit)
+        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
+        cmap_module = self._optional_method("cmap", "CMAP")
+        return self._memoised(
+            ("cmap", model.name, donor.name, None if circ is None else _circuit_key(circ), group, len(data),
+             data.n_boxes, seed),
+            lambda: cmap_module.cmap(model, donor, data, circuit=circ, group=group, seed=seed, progress=False))
+
+    def knockout(self, model, *, edge: str = "last->object", layers=None, n: int | None = None, seed: int = 0,
+                 n_boxes: int | None = None):
+        """Attention knockout: accuracy with ``edge`` blocked from each start layer on (a ``KnockoutCurve``)."""
+        model = self.model(model)
+        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
+        knockout_module = self._optional_method("knockout", "attention knockout")
+        layers = None if layers is None else tuple(layers)
+        return self._memoised(
+            ("knockout", model.name, edge, layers, len(data), data.n_boxes, seed),
+            lambda: knockout_module.attention_knockout(model, data, edge, start_layers=layers, seed=seed,
+                                                       progress=False))
 
     def _optional_method(self, module: str, what: str):
         import importlib
@@ -412,6 +435,7 @@ class MechtestSession:
                                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
             else:
                 result.value = value
+            circuit_for_map = circuit_for_map or getattr(result, "_map_circuit", None)
             if claim.metric != "path_patching":
                 result.passed = claim.expect.check(result.value)
         except MechtestError as e:
@@ -440,8 +464,9 @@ class MechtestSession:
         if metric == "path_patching":
             return self._snapshot_claim(claim, model, result, **common), None
         if metric == "verdict":
-            comparison = self.compare(claim.get("base"), model, circuit=circuit, **common)
+            comparison = self.compare(claim.get("base"), model, **common)
             verdict = str(getattr(comparison, "verdict", comparison))
+            result._map_circuit = getattr(comparison, "base_circuit", None)  # outlined on the heat map
             explain = getattr(comparison, "explain", None)
             result.detail = explain() if callable(explain) else ""
             as_dict = getattr(comparison, "to_dict", None)
@@ -456,19 +481,15 @@ class MechtestSession:
                 return len(found.selected) / max(1, len(found.heads)), None
             return None, found.test
         if metric == "cmap_accuracy":
-            return None, self._call_optional("cmap", "CMAP", model, claim, common)
+            group = claim.get("group")
+            return None, self.cmap(model, source=claim.get("source"), circuit=circuit,
+                                   group=None if group == "full" else group, **common)
         if metric == "knockout_accuracy":
-            return None, self._call_optional("knockout", "attention knockout", model, claim, common)
+            curve = self.knockout(model, edge=claim.get("edge", "last->object"), layers=(claim.get("layer", 0),),
+                                  **common)
+            result.detail = curve.explain()
+            return None, curve.at(claim.get("layer", 0))
         raise MechtestError(f"metric {metric!r} has no evaluator")  # unreachable: claims validate metrics
-
-    def _call_optional(self, module: str, what: str, model, claim: Claim, common: dict):
-        """Methods still landing: call the module's claim entry point ``measure_claim`` if it has one."""
-        mod = self._optional_method(module, what)
-        entry = getattr(mod, "measure_claim", None)
-        if entry is None:
-            raise MechtestError(f"mechtest.methods.{module} has no claim entry point yet; {claim.metric} claims "
-                                "cannot run")
-        return entry(self, model, claim, **common)
 
     def _snapshot_claim(self, claim: Claim, model, result: ClaimResult, *, n, seed, n_boxes) -> str:
         """Compare the path-patching scores with the claim's snapshot file (or write it on --snapshot-update)."""
@@ -522,11 +543,6 @@ class MechtestSession:
 
         try:
             model = self.model(model_name)
-            if circuit is None and claim.metric == "verdict":
-                try:
-                    circuit = self.circuit(claim.get("circuit") or f"discovered:{claim.get('base')}")
-                except MechtestError:
-                    circuit = None
             scores = self.path_patching(model, n=n, seed=seed, n_boxes=result.n_boxes,
                                         receivers=claim.get("receivers"))
             path = self.settings.report_dir / f"{safe_name(claim.id)}[{safe_name(model_name)}].png"
