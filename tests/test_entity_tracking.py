@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from mechtest.tasks.entity_tracking import (
     path_patching_corruption,
     usable_vocabulary,
 )
+from mechtest.zoo.vocab import build_tokenizer
 from tokenizers_for_tests import assert_layout, paper_prompt, token_id
 
 
@@ -99,6 +101,20 @@ def test_paper_token_layout():
             assert T.token_text(tok, int(ds.input_ids[0, 0])) == "The"
 
 
+def test_trailing_special_tokens_are_not_part_of_the_prompt():
+    """A tokenizer that appends EOS: the prediction is still read at "the", the last real token."""
+    from tokenizers import processors
+
+    tok = build_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.bos_token_id), ("</s>", tok.eos_token_id)]
+    )
+    assert tok("The")["input_ids"][-1] == tok.eos_token_id
+    ds = make_dataset(tok, 7)
+    assert ds.input_ids.shape == (7, 54) and (ds.last_pos == 53).all()
+    assert T.token_text(tok, int(ds.input_ids[0, 53])) == "the" and (ds.input_ids[:, 0] == tok.bos_token_id).all()
+
+
 def test_paper_example_prompt():
     tok = T.word_level()
     objects = ("apple", "computer", "document", "plant", "ring", "bell", "fish")
@@ -154,6 +170,7 @@ def test_indexing_and_repr():
     assert picked.query_labels == (ds.query_labels[7], ds.query_labels[1])
     assert torch.equal(picked.answer_ids, ds.answer_ids[[7, 1]])
     assert ds[torch.tensor([0, 3])].objects == (ds.objects[0], ds.objects[3])
+    assert ds[np.int64(2)].prompts == (ds.prompts[2],)
     assert len(ds[ds.queried_index == 0]) == 4
     with pytest.raises(IndexError):
         ds[10]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import random
 import string
 from collections.abc import Sequence
@@ -124,7 +125,8 @@ class EntityTrackingDataset:
 
 @dataclass(frozen=True, eq=False)
 class CounterfactualPairs:
-    """Base and source prompts, and the answer a desideratum predicts when the base receives the source's information."""
+    """Base and source prompts, and the answer a desideratum predicts when the base run receives the
+    source's information (DCM, spec 6; transfer patching, spec 6.7)."""
 
     name: str
     base: EntityTrackingDataset
@@ -147,7 +149,9 @@ def usable_vocabulary(tokenizer, objects=None, labels=None) -> Vocabulary:
     """Keep the objects and labels that are exactly one token (not unk) wherever the prompts place them.
 
     "In context" means after "the" / "Box" and before what follows them, which is what the model sees; for
-    GPT-2 style tokenizers that is the ``Ġword`` token, for SentencePiece ``▁word``. The shipped defaults
+    GPT-2 style tokenizers that is the ``Ġword`` token, for SentencePiece ``▁word`` (the same id as encoding
+    " word" without special tokens, but also right where a lone " word" encodes oddly, e.g. with a dummy
+    prefix), and it is also the answer id: the token the model emits after " the". The shipped defaults
     (objects.csv, "A".."Z") are filtered with a logged warning; a word the caller supplied that fails
     raises ``TokenizerError``, since silently dropping it would change the caller's experiment.
     """
@@ -395,16 +399,14 @@ def _build(tokenizer, vocab: Vocabulary, rows: Sequence[_Row], seed: int, *, one
     encoded = _tokenize(tokenizer, texts)
     lengths = [len(ids) for ids in encoded]
     if one_length and len(set(lengths)) > 1:
-        odd = next(t for t, n in zip(texts, lengths) if n != lengths[0])
-        raise TokenizerError(
-            f"prompts tokenize to different lengths ({lengths[0]} vs {len(_tokenize(tokenizer, [odd])[0])}): {odd!r}"
-        )
+        k = next(i for i, n in enumerate(lengths) if n != lengths[0])
+        raise TokenizerError(f"prompts tokenize to different lengths ({lengths[0]} and {lengths[k]}): {texts[k]!r}")
     layouts = [_locate(ids, r, vocab, t, strict) for ids, r, t in zip(encoded, rows, texts)]
     width = max(lengths)
     if min(lengths) < width:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise TokenizerError(f"tokenizer {_tokenizer_name(tokenizer)} has neither a pad nor an eos token to pad with")
+            raise TokenizerError(f"tokenizer {_tokenizer_name(tokenizer)} has no pad or eos token to pad with")
         encoded = [ids + [pad] * (width - len(ids)) for ids in encoded]
 
     def col(key):
@@ -448,8 +450,8 @@ def _indices(idx, n: int) -> list[int]:
         idx = idx.nonzero().flatten().tolist() if idx.dtype == torch.bool else idx.flatten().tolist()
     if isinstance(idx, slice):
         return list(range(n))[idx]
-    if isinstance(idx, int):
-        idx = [idx]
+    if hasattr(idx, "__index__"):  # int, numpy integer
+        idx = [operator.index(idx)]
     rows = []
     for i in idx:
         if not -n <= int(i) < n:
