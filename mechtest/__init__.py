@@ -12,9 +12,20 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "MechtestError": "mechtest.errors",
-    "load_model": "mechtest.model",
-    "LoadedModel": "mechtest.model",
+    **dict.fromkeys(["MechtestError", "ModelLoadError", "ArchitectureError", "HeadIndexError", "TokenizerError",
+                     "TaskError", "CacheError", "CircuitError", "ClaimError"], "mechtest.errors"),
+    **dict.fromkeys(["load_model", "LoadedModel"], "mechtest.model"),
+    **dict.fromkeys(["EntityTrackingDataset", "CounterfactualPairs", "Vocabulary", "make_dataset", "make_example",
+                     "path_patching_corruption", "mean_ablation_set", "desiderata", "usable_vocabulary",
+                     "DESIDERATA", "ADDITIONAL_DESIDERATA"], "mechtest.tasks.entity_tracking"),
+    **dict.fromkeys(["entity_tracking_examples", "register_profiles"], "mechtest.tasks.strategies"),
+    **dict.fromkeys(["Circuit", "load_circuit", "random_circuit"], "mechtest.methods.circuits"),
+    **dict.fromkeys(["path_patching", "PathPatchingResult"], "mechtest.methods.path_patching"),
+    **dict.fromkeys(["discover_circuit", "Discovery"], "mechtest.methods.discovery"),
+    **dict.fromkeys(["accuracy", "faithfulness", "completeness", "random_circuit_faithfulness", "minimality"],
+                    "mechtest.methods.evaluation"),
+    "Measurement": "mechtest.stats",
+    "ActivationCache": "mechtest.cache",
 }
 
 __all__ = ["__version__", *_LAZY]
