@@ -379,8 +379,18 @@ def measure(model, variant: str, *, n: int = 1000, n_ablate: int = 500, box_coun
 
 # --- model card / CLI ----------------------------------------------------------------------------
 
+def _max_object_overlap() -> float:
+    from mechtest.zoo.vocab import object_names
+
+    codes = _object_codes(np.random.default_rng(SEED), len(object_names()))
+    gram = codes @ codes.T
+    np.fill_diagonal(gram, -np.inf)
+    return float(gram.max())
+
+
 def _model_card(variant: str, results: dict | None) -> str:
     heads = planted_heads(variant)
+    mu = _max_object_overlap()
     other = "planted-b" if variant == "planted" else "planted"
     h = {r: f"[{layer}, {head}]" for r, (layer, head) in heads.items()}
     lines = [
@@ -416,8 +426,9 @@ def _model_card(variant: str, results: dict | None) -> str:
         "it by V-composition (and K-composition: its key needs D's object flag); B, at the last token, reads C",
         "by V-composition; A, at the last token, uses B's output by Q-composition to attend to the right",
         "object and copies it to the output. Every other head and every MLP has small random weights",
-        f"(N(0, {EPS_QK:g}^2) for W_Q/W_K, N(0, {EPS_VO:g}^2) for W_V/W_O and the MLP, reading and writing only content",
-        "coordinates), so they change attention patterns and the residual stream a little but matter for nothing.",
+        f"(N(0, {EPS_QK:g}^2) for W_Q/W_K, N(0, {EPS_VO:g}^2) for W_V/W_O and the MLP, reading and writing only",
+        "content coordinates), so they change attention patterns and the residual stream a little but matter",
+        "for nothing.",
         "",
         "## Construction",
         "",
@@ -451,10 +462,11 @@ def _model_card(variant: str, results: dict | None) -> str:
         "slot(last) = c_(o_q).",
         f"* value_fetcher (A): q_i = {BETA_FETCH:g} slot_i, k_j = object block of x_j, v_j = object block, "
         f"out -> {FETCH_GAIN:g} x object block. Score of context object o: {BETA_FETCH:g} c_(o_q).c_o, "
-        f"= {BETA_FETCH:g} for o = o_q and <= {BETA_FETCH:g} max_(o != o') c_o.c_o' otherwise; non-object tokens 0.",
+        f"= {BETA_FETCH:g} for o = o_q and <= {BETA_FETCH:g} max_(o != o') c_o.c_o' = {BETA_FETCH * mu:.1f} otherwise "
+        f"(max overlap of two object codes {mu:.3f}); non-object tokens 0.",
         f"* Readout: tied embeddings, logit_t = wte_t . ln_f(x) with ln_f gain {LN_F_GAIN:g}; at the last token "
-        f"the object block holds {FETCH_GAIN:g} c_(o_q), so the answer's logit is {FETCH_GAIN:g} against at most "
-        f"{FETCH_GAIN:g} max c_o.c_o' for other objects and 1 for the input token `the`.",
+        f"the object block holds {FETCH_GAIN:g} c_(o_q), so before ln_f's positive scale the answer's logit is "
+        f"{FETCH_GAIN:g}, against at most {FETCH_GAIN * mu:.2f} for other objects and 1 for the input token `the`.",
         "",
         "Mean-ablating any planted head replaces the bound object by the average object code somewhere on the",
         "path (or the output by the average answer), so the last token no longer knows which object was",
@@ -506,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--circuits", default="fixtures/circuits", help="where planted*.json go")
     parser.add_argument("--no-measure", action="store_true", help="skip measuring accuracies for the cards")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and robust on busy machines
 
     for variant in VARIANTS:
         directory = save_checkpoint(variant, Path(args.out) / variant)
