@@ -1,0 +1,174 @@
+"""Cross-model activation patching, CMAP (spec 7): run one model with another model's head outputs.
+
+Both models read the same prompts; for each patched node (layer, head) at its group's position (value
+fetcher and position transmitter at the last token, position detector at the query label, structure
+reader at the query label's context occurrence), the receiving model's head output is replaced by the
+donor's at the same layer, head and position, and the receiving model computes everything else.
+
+What is transferred, as in the paper (spec 7.3, quirk Q13), is the head output *before* the output
+projection W_O: the receiver's own W_O is applied to it, so a donor's changes to W_O are not carried
+over. ``transfer="head_contribution"`` is the labelled post-W_O variant: the receiver's output projection
+sees its own inputs, and the donor head's contribution ``W_O^donor z^donor`` replaces the receiver's
+``W_O z`` for that head (the projection bias stays the receiver's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from mechtest.errors import CircuitError, MechtestError
+from mechtest.forward import dataset_logits
+from mechtest.heads import attention_module, masked_replace, run_and_read
+from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
+from mechtest.methods.evaluation import node_positions
+from mechtest.stats import Measurement, mean_ci
+
+TRANSFERS = ("head_output", "head_contribution")
+
+
+class ModelMismatchError(MechtestError, ValueError):
+    """Two models that must share a shape or a tokenizer do not."""
+
+
+def check_compatible(model, other) -> None:
+    """Raise ``ModelMismatchError`` naming the first difference in head shape or tokenizer."""
+    shape = (model.n_layers, model.n_heads, model.head_dim)
+    other_shape = (other.n_layers, other.n_heads, other.head_dim)
+    if shape != other_shape:
+        raise ModelMismatchError(f"{model.name!r} has {model.describe_shape()} but {other.name!r} has "
+                                 f"{other.describe_shape()}: heads cannot be matched by index")
+    vocab, other_vocab = model.tokenizer.get_vocab(), other.tokenizer.get_vocab()
+    if vocab != other_vocab:
+        if len(vocab) != len(other_vocab):
+            detail = f"{len(vocab)} vs {len(other_vocab)} tokens"
+        else:
+            token = next(t for t in sorted(vocab) if other_vocab.get(t) != vocab[t])
+            detail = f"token {token!r} is id {vocab[token]} in one and {other_vocab.get(token)} in the other"
+        raise ModelMismatchError(f"{model.name!r} and {other.name!r} have different tokenizers ({detail}): "
+                                 "the same prompt would not give the same token positions")
+
+
+def cmap_correct(model, donor, dataset, *, circuit: Circuit | str | None = None, group: str | None = None,
+                 transfer: str = "head_output", batch_size: int = 50, progress: bool = True) -> np.ndarray:
+    """Per prompt: is ``model`` correct with ``donor``'s head outputs patched in?
+
+    ``circuit=None`` patches every head at every position; a circuit patches its nodes at their
+    group positions; ``group`` restricts that to one group of the circuit.
+    """
+    check_compatible(model, donor)
+    if transfer not in TRANSFERS:
+        raise MechtestError(f"unknown CMAP transfer {transfer!r}; use one of {', '.join(TRANSFERS)}")
+    nodes = _nodes(model, circuit, group)
+    layers = sorted({l for _, l, _ in nodes}) if nodes is not None else list(range(model.n_layers))
+
+    def edits_for_batch(sl: slice):
+        mask = _node_mask(model, dataset, sl, nodes)
+        donor_acts = run_and_read(donor, dataset.input_ids[sl], sites=("head_out",), layers=layers,
+                                  attention_mask=dataset.attention_mask[sl])
+        return {l: (mask[l], donor_acts[("head_out", l)]) for l in layers if mask[l].any()}
+
+    desc = f"cmap {donor.name}->{model.name}" if progress else None
+    if transfer == "head_output":
+        def pre_wo(sl: slice):
+            return {("head_out", l): masked_replace(m, v) for l, (m, v) in edits_for_batch(sl).items()}
+
+        logits = dataset_logits(model, dataset, batch_size=batch_size, edits_for_batch=pre_wo, progress=desc)
+    else:
+        chunks = []
+        for start in range(0, len(dataset), batch_size):
+            sl = slice(start, min(start + batch_size, len(dataset)))
+            with _contributions(model, donor, edits_for_batch(sl)):
+                chunks.append(dataset_logits(model, dataset[sl], batch_size=batch_size))
+        logits = torch.cat(chunks) if chunks else torch.empty(0, model.vocab_size)
+    return (logits.argmax(-1) == dataset.answer_ids).numpy()
+
+
+def cmap(model, donor, dataset, *, circuit: Circuit | str | None = None, group: str | None = None,
+         transfer: str = "head_output", batch_size: int = 50, seed: int = 0, progress: bool = True) -> Measurement:
+    """Accuracy of ``model`` with ``donor``'s head outputs patched in (spec 7), with a bootstrap interval."""
+    hits = cmap_correct(model, donor, dataset, circuit=circuit, group=group, transfer=transfer,
+                        batch_size=batch_size, progress=progress)
+    low, high = mean_ci(hits, seed=seed)
+    what = "all heads" if circuit is None else (load_circuit(circuit).name or "circuit") + (f"/{group}" if group else "")
+    return Measurement("cmap_accuracy", float(hits.mean()), low, high, len(hits), seed,
+                       {"model": model.name, "donor": donor.name, "patched": what, "transfer": transfer})
+
+
+# --- internals -------------------------------------------------------------------------------------
+
+def _nodes(model, circuit, group) -> list[tuple[str, int, int]] | None:
+    if circuit is None:
+        if group is not None:
+            raise CircuitError("give a circuit to patch one of its groups")
+        return None
+    circuit = load_circuit(circuit)
+    circuit.check(model)
+    if group is not None:
+        if group not in GROUPS:
+            raise CircuitError(f"unknown group {group!r}; groups are {', '.join(GROUPS)}")
+        nodes = [n for n in circuit.nodes if n[0] == group]
+    else:
+        nodes = circuit.nodes
+    if not nodes:
+        raise CircuitError(f"circuit {circuit.name!r} has no head to patch" + (f" in group {group!r}" if group else ""))
+    return nodes
+
+
+def _node_mask(model, dataset, sl: slice, nodes) -> torch.Tensor:
+    """(layers, batch, seq, heads) booleans: where the donor's value is taken."""
+    b = len(range(*sl.indices(len(dataset))))
+    seq = dataset.input_ids.shape[1]
+    if nodes is None:
+        return torch.ones(model.n_layers, b, seq, model.n_heads, dtype=torch.bool)
+    mask = torch.zeros(model.n_layers, b, seq, model.n_heads, dtype=torch.bool)
+    rows = torch.arange(b)
+    for group, l, h in nodes:
+        mask[l, rows, node_positions(dataset, group)[sl], h] = True
+    return mask
+
+
+def _o_proj(model, layer: int) -> torch.nn.Module:
+    return attention_module(model, layer).get_submodule(model.arch.o_proj)
+
+
+def _head_terms(module: torch.nn.Module, z: torch.Tensor, heads: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(n, dim) outputs of heads ``heads`` (n,) -> (n, d_model): each one's own term of the projection, bias excluded."""
+    spread = torch.zeros(z.shape[0], n_heads, z.shape[-1], dtype=z.dtype, device=z.device)
+    spread[torch.arange(z.shape[0], device=z.device), heads.to(z.device)] = z
+    # .forward, not __call__: the projection's own hooks (ours included) must not run on these probes
+    return module.forward(spread.reshape(z.shape[0], -1)) - module.forward(torch.zeros_like(spread[:1].reshape(1, -1)))
+
+
+@contextmanager
+def _contributions(model, donor, per_layer) -> Iterator[None]:
+    """Forward hooks on the receiver's output projections swapping in the donor heads' W_O terms."""
+    handles = []
+    try:
+        for layer, (mask, donor_z) in per_layer.items():
+            where = mask.nonzero(as_tuple=True)  # (rows, pos, heads)
+            with torch.no_grad():
+                z = donor_z[tuple(w.to(donor_z.device) for w in where)]
+                donor_terms = _head_terms(_o_proj(donor, layer), z, where[2], donor.n_heads)
+            handles.append(_o_proj(model, layer).register_forward_hook(
+                _swap_terms(model, where, donor_terms.to(model.device))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _swap_terms(model, where, donor_terms: torch.Tensor):
+    rows, pos, heads = (w.to(model.device) for w in where)
+
+    def hook(module, args, output):
+        x = args[0].view(*args[0].shape[:-1], model.n_heads, model.head_dim)
+        own = _head_terms(module, x[rows, pos, heads], heads, model.n_heads)
+        delta = torch.zeros_like(output)
+        delta.index_put_((rows, pos), (donor_terms - own).to(output.dtype), accumulate=True)
+        return output + delta
+
+    return hook
