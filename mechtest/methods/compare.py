@@ -1,0 +1,251 @@
+"""Base vs. candidate (e.g. a fine-tune): does the candidate still run the base model's mechanism?
+
+Everything is measured on the same prompts for both models, so accuracy differences and CMAP gains get
+paired bootstrap intervals. The verdict rests on three mechanism measures, each with a threshold:
+
+* faithfulness of the base's discovered circuit inside the candidate (spec 5.2): the candidate can
+  still solve the task with everything but the base's heads mean-ablated;
+* overlap of the value-fetcher groups discovered in each model (spec 5.5), as |base ∩ candidate| / |base|:
+  the heads that do the final fetch are the same heads;
+* Pearson correlation of the value-fetcher path-patching score matrices: the heads matter in the same
+  proportions, a measure that does not depend on where the top-k cut falls.
+
+Accuracy alone never decides: a model with the same accuracy and other heads is "not preserved". A
+shape or tokenizer mismatch is an error, not a verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from mechtest.methods.circuits import GROUPS, Circuit
+from mechtest.methods.cmap import check_compatible, cmap_correct
+from mechtest.stats import Measurement, bootstrap_ci, mean_ci
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What "preserved" requires; every bound is inclusive."""
+
+    faithfulness: float = 0.80   # base circuit's faithfulness in the candidate
+    overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads
+    correlation: float = 0.50    # Pearson r of the ``group`` path-patching scores
+    group: str = "value_fetcher"
+
+
+@dataclass(frozen=True)
+class GroupOverlap:
+    group: str
+    n_base: int
+    n_candidate: int
+    n_common: int
+
+    @property
+    def of_base(self) -> float:
+        """|∩| / |base| (the paper's "precision" when the base is Llama)."""
+        return self.n_common / self.n_base if self.n_base else float("nan")
+
+    @property
+    def of_candidate(self) -> float:
+        return self.n_common / self.n_candidate if self.n_candidate else float("nan")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """All measurements of one base-vs-candidate comparison, and the verdict they give."""
+
+    base: str
+    candidate: str
+    n_prompts: int
+    n_boxes: int
+    seed: int
+    base_accuracy: Measurement
+    candidate_accuracy: Measurement
+    accuracy_difference: Measurement          # candidate - base, paired over prompts
+    base_circuit: Circuit
+    candidate_circuit: Circuit
+    base_faithfulness: Measurement | None     # base circuit in the base (a sanity reference)
+    faithfulness: Measurement | None          # base circuit in the candidate; None if the candidate scores 0
+    overlap: dict[str, GroupOverlap]
+    correlation: dict[str, float]             # per path-patching step
+    cmap_accuracy: Measurement                # base with the candidate's circuit-head outputs patched in
+    cmap_gain: Measurement                    # cmap_accuracy - base accuracy, paired
+    thresholds: Thresholds
+    checks: tuple[tuple[str, float, float, bool], ...] = field(default=())  # (name, value, bound, passed)
+    sizes: dict[str, int] = field(default_factory=dict)
+    receivers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def preserved(self) -> bool:
+        return bool(self.checks) and all(passed for *_, passed in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        return "preserved" if self.preserved else "not preserved"
+
+    def reason(self) -> str:
+        """One sentence: the checks, with the failing ones when the verdict is negative."""
+        parts = [f"{name} {_fmt(value)} {'>=' if ok else '<'} {bound:.2f}" for name, value, bound, ok in self.checks]
+        if self.preserved:
+            return f"candidate keeps the base circuit: {', '.join(parts)}"
+        failed = [p for p, (*_, ok) in zip(parts, self.checks) if not ok]
+        return f"candidate does not keep the base circuit: {', '.join(failed)}"
+
+    def explain(self) -> str:
+        lines = [f"{self.candidate} vs {self.base}: {self.verdict.upper()} - {self.reason()}",
+                 f"  accuracy: base {self.base_accuracy.value:.3f}, candidate {self.candidate_accuracy.value:.3f}, "
+                 f"difference {self.accuracy_difference.value:+.3f} (95% CI {self.accuracy_difference.ci_low:+.3f}.."
+                 f"{self.accuracy_difference.ci_high:+.3f}); {self.n_prompts} prompts, {self.n_boxes} boxes, "
+                 f"seed {self.seed}"]
+        if self.base_faithfulness is not None:
+            lines.append(f"  base circuit ({len(self.base_circuit)} nodes) in the base: {self.base_faithfulness.explain()}")
+        lines.append("  base circuit in the candidate: "
+                     + (self.faithfulness.explain() if self.faithfulness else "undefined (candidate scores 0)"))
+        for g in GROUPS:
+            o = self.overlap[g]
+            lines.append(f"  {g}: {o.n_common} common of {o.n_base} (base) / {o.n_candidate} (candidate): "
+                         f"{_fmt(o.of_base)} of base, {_fmt(o.of_candidate)} of candidate; score correlation "
+                         f"{_fmt(self.correlation.get(g, float('nan')))}")
+        lines.append(f"  CMAP (candidate's circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
+                     f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}..{self.cmap_gain.ci_high:+.3f})")
+        t = self.thresholds
+        lines.append(f"  thresholds: faithfulness >= {t.faithfulness:.2f}, {t.group} overlap >= {t.overlap:.2f}, "
+                     f"{t.group} score correlation >= {t.correlation:.2f}; discovery sizes {self.sizes}, "
+                     f"receivers {self.receivers}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        def m(x: Measurement | None):
+            return None if x is None else {k: _json(v) for k, v in asdict(x).items()}
+
+        return {
+            "base": self.base, "candidate": self.candidate, "verdict": self.verdict, "reason": self.reason(),
+            "n_prompts": self.n_prompts, "n_boxes": self.n_boxes, "seed": self.seed,
+            "base_accuracy": m(self.base_accuracy), "candidate_accuracy": m(self.candidate_accuracy),
+            "accuracy_difference": m(self.accuracy_difference),
+            "base_faithfulness": m(self.base_faithfulness), "faithfulness": m(self.faithfulness),
+            "base_circuit": self.base_circuit.to_dict(), "candidate_circuit": self.candidate_circuit.to_dict(),
+            "overlap": {g: {"n_base": o.n_base, "n_candidate": o.n_candidate, "n_common": o.n_common,
+                            "of_base": _json(o.of_base), "of_candidate": _json(o.of_candidate)}
+                        for g, o in self.overlap.items()},
+            "correlation": {g: _json(v) for g, v in self.correlation.items()},
+            "cmap_accuracy": m(self.cmap_accuracy), "cmap_gain": m(self.cmap_gain),
+            "thresholds": asdict(self.thresholds),
+            "checks": [{"name": n, "value": _json(v), "bound": b, "passed": ok} for n, v, b, ok in self.checks],
+            "sizes": dict(self.sizes), "receivers": dict(self.receivers),
+        }
+
+
+def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: int = 0,
+            n_discovery_prompts: int | None = None, sizes: dict[str, int] | None = None,
+            receivers: dict[str, int] | None = None, thresholds: Thresholds = Thresholds(),
+            batch_size: int = 50, progress: bool = True) -> Comparison:
+    """Compare ``candidate`` with ``base`` on the same prompts and give a "preserved" verdict.
+
+    Circuits are discovered in each model with ``discover_circuit`` (same prompts, ``seed``; ``sizes``
+    and ``receivers`` default to discovery's scaled paper values). Accuracy, faithfulness and CMAP use
+    ``n_prompts`` fresh prompts (seeds ``seed + 3`` and ``seed + 4`` for the mean-ablation reference).
+    """
+    from mechtest.methods.discovery import discover_circuit
+    from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
+    from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
+
+    check_compatible(base, candidate)
+    n_disc = n_prompts if n_discovery_prompts is None else n_discovery_prompts
+    disc_base = discover_circuit(base, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, sizes=sizes,
+                                 receivers=receivers, batch_size=batch_size, progress=progress)
+    disc_cand = disc_base if candidate is base else discover_circuit(
+        candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, sizes=sizes, receivers=receivers,
+        batch_size=batch_size, progress=progress)
+    base_circuit, cand_circuit = disc_base.circuit, disc_cand.circuit
+
+    data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 3)
+    reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 4)
+    base_hits = correct(base, data, batch_size=batch_size)
+    cand_hits = correct(candidate, data, batch_size=batch_size)
+
+    def faithful(model, hits) -> Measurement | None:
+        if hits.mean() == 0:
+            return None
+        means = ablation_means(model, reference, batch_size=batch_size)
+        circ = correct(model, data, batch_size=batch_size,
+                       edits_for_batch=ablation_edits(model, data, means, keep=base_circuit))
+        low, high = bootstrap_ci([circ, hits], _ratio, seed=seed)
+        return Measurement("faithfulness", float(circ.mean() / hits.mean()), low, high, len(data), seed,
+                           {"model": model.name, "circuit": base_circuit.name, "circuit_accuracy": float(circ.mean()),
+                            "model_accuracy": float(hits.mean())})
+
+    base_faith = faithful(base, base_hits)
+    faith = faithful(candidate, cand_hits)
+    cmap_hits = cmap_correct(base, candidate, data, circuit=cand_circuit, batch_size=batch_size, progress=progress)
+
+    overlap = {g: _overlap(g, base_circuit, cand_circuit) for g in GROUPS}
+    correlation = {g: _pearson(disc_base.scores.steps[g].scores, disc_cand.scores.steps[g].scores)
+                   for g in GROUPS if g in disc_base.scores.steps and g in disc_cand.scores.steps}
+    t = thresholds
+    checks = (
+        ("faithfulness", float("nan") if faith is None else faith.value, t.faithfulness),
+        (f"{t.group} overlap", overlap[t.group].of_base, t.overlap),
+        (f"{t.group} score correlation", correlation.get(t.group, float("nan")), t.correlation),
+    )
+    checks = tuple((name, value, bound, bool(np.isfinite(value) and value >= bound)) for name, value, bound in checks)
+    return Comparison(
+        base=base.name, candidate=candidate.name, n_prompts=len(data), n_boxes=n_boxes, seed=seed,
+        base_accuracy=_mean("accuracy", base_hits, seed, model=base.name),
+        candidate_accuracy=_mean("accuracy", cand_hits, seed, model=candidate.name),
+        accuracy_difference=_difference("accuracy_difference", cand_hits, base_hits, seed),
+        base_circuit=base_circuit, candidate_circuit=cand_circuit, base_faithfulness=base_faith,
+        faithfulness=faith, overlap=overlap, correlation=correlation,
+        cmap_accuracy=_mean("cmap_accuracy", cmap_hits, seed, donor=candidate.name, model=base.name),
+        cmap_gain=_difference("cmap_gain", cmap_hits, base_hits, seed),
+        thresholds=thresholds, checks=checks, sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
+    )
+
+
+# --- internals -------------------------------------------------------------------------------------
+
+def _overlap(group: str, base: Circuit, candidate: Circuit) -> GroupOverlap:
+    a, b = set(base.heads(group)), set(candidate.heads(group))
+    return GroupOverlap(group, len(a), len(b), len(a & b))
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.flatten().double(), y.flatten().double()
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(x.norm() * y.norm())
+    return float((x @ y) / denom) if denom > 0 else float("nan")
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a.mean(axis=1) / b.mean(axis=1)
+
+
+def _mean(metric: str, hits: np.ndarray, seed: int, **details) -> Measurement:
+    low, high = mean_ci(hits, seed=seed)
+    return Measurement(metric, float(np.mean(hits)), low, high, len(hits), seed, details)
+
+
+def _difference(metric: str, a: np.ndarray, b: np.ndarray, seed: int) -> Measurement:
+    """mean(a) - mean(b) with a paired bootstrap interval (the same prompts resampled for both)."""
+    low, high = bootstrap_ci([a, b], lambda x, y: x.mean(axis=1) - y.mean(axis=1), seed=seed)
+    return Measurement(metric, float(np.mean(a) - np.mean(b)), low, high, len(a), seed)
+
+
+def _fmt(value: float) -> str:
+    return "nan" if not np.isfinite(value) else f"{value:.2f}"
+
+
+def _json(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json(value.item())
+    return value

@@ -1,0 +1,104 @@
+"""Base-vs-candidate comparison: the verdict must follow the mechanism, not the accuracy.
+
+`planted` and `planted-b` are both perfect and compute the same function with their heads in other
+slots: "not preserved". A model against itself: "preserved". The trained zoo (when built): `finetuned`
+(the base trained further) keeps the base's mechanism, `other` (independent seed) does not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mechtest.methods.cmap import ModelMismatchError
+from mechtest.methods.compare import Comparison, Thresholds, compare
+from mechtest.model import load_model
+
+ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+FAST = dict(n_prompts=49, n_boxes=7, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _load(name):
+    if not (ZOO / name).is_dir():
+        pytest.skip(f"fixtures/zoo/{name} is not built")
+    return load_model(ZOO / name)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _load("planted")
+
+
+@pytest.fixture(scope="module")
+def planted_vs_b(planted):
+    return compare(planted, _load("planted-b"), **FAST)
+
+
+def test_same_function_other_heads_is_not_preserved(planted_vs_b):
+    c = planted_vs_b
+    assert c.verdict == "not preserved" and not c.preserved
+    assert c.base_accuracy.value >= 0.99 and c.candidate_accuracy.value >= 0.99
+    assert c.accuracy_difference.value == 0.0
+    assert c.base_faithfulness.value >= 0.99 and c.faithfulness.value <= 0.2
+    assert c.overlap["value_fetcher"].n_common == 0 and c.correlation["value_fetcher"] < 0.5
+    assert c.base_circuit.heads("value_fetcher") == ((3, 1),)
+    assert c.candidate_circuit.heads("value_fetcher") == ((3, 2),)
+    assert c.reason().startswith("candidate does not keep the base circuit: faithfulness 0.")
+    assert "value_fetcher overlap 0.00 < 0.50" in c.reason()
+
+
+def test_explain_and_json(planted_vs_b):
+    text = planted_vs_b.explain()
+    assert text.splitlines()[0].startswith("planted-b vs planted: NOT PRESERVED")
+    assert "thresholds: faithfulness >= 0.80" in text and "CMAP" in text and len(text.splitlines()) >= 8
+    d = json.loads(json.dumps(planted_vs_b.to_dict(), allow_nan=False))
+    assert d["verdict"] == "not preserved" and d["overlap"]["value_fetcher"]["n_common"] == 0
+    assert [c["name"] for c in d["checks"]] == ["faithfulness", "value_fetcher overlap", "value_fetcher score correlation"]
+    assert d["thresholds"] == {"faithfulness": 0.8, "overlap": 0.5, "correlation": 0.5, "group": "value_fetcher"}
+
+
+def test_a_model_against_itself_is_preserved(planted):
+    c = compare(planted, planted, **FAST)
+    assert c.verdict == "preserved", c.explain()
+    assert c.faithfulness.value == 1.0 and c.cmap_gain.value == 0.0
+    assert all(o.of_base == 1.0 and o.of_candidate == 1.0 for o in c.overlap.values())
+    assert c.correlation["value_fetcher"] == pytest.approx(1.0)
+    assert c.reason().startswith("candidate keeps the base circuit: faithfulness 1.00 >= 0.80")
+
+
+def test_thresholds_decide(planted_vs_b):
+    assert isinstance(planted_vs_b, Comparison)
+    assert Thresholds().faithfulness == 0.8 and planted_vs_b.thresholds == Thresholds()
+
+
+def test_shape_mismatch_is_an_error_not_a_verdict(planted, tmp_path):
+    from tiny_models import save_tiny
+
+    tiny = load_model(save_tiny("gpt2", tmp_path / "gpt2"))
+    with pytest.raises(ModelMismatchError, match="heads cannot be matched"):
+        compare(planted, tiny, **FAST)
+
+
+# --- the trained zoo -------------------------------------------------------------------------------
+
+def _zoo_boxes(name) -> int:
+    card = ZOO / name / "mechtest.json"
+    return int(json.loads(card.read_text()).get("n_boxes", 7)) if card.is_file() else 7
+
+
+@pytest.mark.parametrize("candidate, expected", [("finetuned", "preserved"), ("other", "not preserved")])
+def test_zoo_verdicts(candidate, expected):
+    base, cand = _load("base"), _load(candidate)
+    c = compare(base, cand, n_prompts=100, n_boxes=_zoo_boxes("base"), seed=0, progress=False)
+    assert c.verdict == expected, c.explain()
