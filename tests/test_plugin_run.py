@@ -1,0 +1,302 @@
+"""Running claims end to end on the planted GPT-2s: outcomes, failure text, JSON, JUnit, heat maps, the Python
+API, snapshots of path-patching scores, the base/candidate gate, and xdist.
+
+Every run uses 7 prompts (``--mechtest-prompts 7``) and one activation cache shared by the module's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from mechtest.report import ClaimResult
+from mechtest.session import zoo_models
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+PLANTED = REPO / "fixtures" / "zoo" / "planted"
+PLANTED_B = REPO / "fixtures" / "zoo" / "planted-b"
+PLANTED_CIRCUIT = REPO / "fixtures" / "circuits" / "planted.json"
+GATE = REPO / "suites" / "entity_tracking" / "gate.claims.toml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _import_model_stack():
+    """Import what loading a model imports, in this process: pytester's in-process runs drop modules first
+    imported inside them, which leaves transformers' lazy modules half-initialised for the next run."""
+    from mechtest.methods import compare, evaluation, path_patching  # noqa: F401
+    from mechtest.model import load_model
+
+    load_model(PLANTED, name="warm-up")
+    import matplotlib.pyplot  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mechtest_cache")
+
+
+def esc(path) -> str:
+    """A path as a literal fnmatch pattern (brackets in claim/model names)."""
+    return "".join({"[": "[[]", "]": "[]]", "*": "[*]", "?": "[?]"}.get(c, c) for c in str(path))
+
+
+def run(pytester, cache_dir, *args):
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7",
+                                        "--mechtest-cache-dir", str(cache_dir), *args)
+
+
+CLAIMS = f"""
+[[claim]]
+id = "planted-accuracy"
+metric = "accuracy"
+models = ["zoo-planted", "vicuna"]
+expect = ">= 0.9"
+
+[[claim]]
+id = "planted-circuit"
+metric = "faithfulness"
+circuit = "{PLANTED_CIRCUIT}"
+models = ["zoo-planted-b"]
+seed = 4
+expect = ">= 0.9"
+
+[[claim]]
+id = "llama-circuit-on-a-tiny-model"
+metric = "faithfulness"
+circuit = "paper:llama"
+models = ["zoo-planted"]
+expect = ">= 0.9"
+"""
+
+
+def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_dir):
+    pytester.makefile(".toml", claims=CLAIMS)
+    result = run(pytester, cache_dir, "-rs", "--mechtest-json", "out.json", "--mechtest-report", "maps",
+                 "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    heat_map = pytester.path / "maps" / "planted-circuit[zoo-planted-b].png"
+    result.stdout.fnmatch_lines([
+        "*claim 'planted-circuit' on model 'zoo-planted-b' (faithfulness) does not hold",
+        "*measured:  0.000",
+        "*expected:  >= 0.9",
+        "*95% CI:    [[]0.000, 0.000[]]",
+        "*prompts:   n=7, seed=4, 7 boxes",
+        f"*heat map:  {esc(heat_map)}",
+    ])
+    assert heat_map.read_bytes()[:4] == b"\x89PNG"
+    result.stdout.fnmatch_lines(["*CircuitError*paper:llama*does not fit*zoo-planted*"])
+    result.stdout.fnmatch_lines(["*model 'vicuna' is not configured: pass --mechtest-model vicuna=PATH*"])
+    # the terminal summary table
+    result.stdout.fnmatch_lines([
+        "*= mechtest claims =*",
+        "claim*model*measured*interval*expected*result",
+        "llama-circuit-on-a-tiny-model*zoo-planted*-*ERROR",
+        "planted-accuracy*zoo-planted*1.000*[[]1.000, 1.000[]]*>= 0.9*PASS",
+        "planted-circuit*zoo-planted-b*0.000*>= 0.9*FAIL",
+        "1 of 3 claims hold; 1 skipped (model not configured)",
+    ])
+    # JSON with provenance
+    report = json.loads((pytester.path / "out.json").read_text())
+    by_id = {c["id"]: c for c in report["claims"]}
+    assert set(by_id) == {"planted-accuracy", "planted-circuit", "llama-circuit-on-a-tiny-model"}
+    acc = by_id["planted-accuracy"]
+    assert {k: acc[k] for k in ("model", "metric", "value", "ci_low", "ci_high", "expect", "passed")} == {
+        "model": "zoo-planted", "metric": "accuracy", "value": 1.0, "ci_low": 1.0, "ci_high": 1.0,
+        "expect": ">= 0.9", "passed": True}
+    assert by_id["planted-circuit"]["passed"] is False and by_id["planted-circuit"]["heatmap"] == str(heat_map)
+    assert "does not fit" in by_id["llama-circuit-on-a-tiny-model"]["error"]
+    assert report["skipped"][0]["model"] == "vicuna"
+    prov = report["provenance"]
+    for key in ("mechtest", "torch", "transformers", "python", "platform", "git", "models", "seeds"):
+        assert key in prov, key
+    assert prov["seeds"] == [0, 4]
+    assert len(prov["models"]["zoo-planted"]["fingerprint"]) == 32
+    # JUnit XML carries the values as properties
+    props = {(p.get("name"), p.get("value")) for p in ET.parse(pytester.path / "junit.xml").iter("property")}
+    assert ("mechtest_value", "1.000") in props and ("mechtest_expect", ">= 0.9") in props
+    assert ("mechtest_model", "zoo-planted-b") in props and ("mechtest_n_prompts", "7") in props
+
+
+def test_failure_text_without_a_report_dir():
+    r = ClaimResult(id="c", model="m", metric="faithfulness", value=0.5, ci_low=0.4, ci_high=0.6, expect=">= 0.9",
+                    passed=False, n_prompts=100, seed=1, n_boxes=7)
+    text = r.failure_text()
+    assert "measured:  0.500" in text and "95% CI:    [0.400, 0.600]" in text
+    assert "not written (pass --mechtest-report DIR" in text
+
+
+def test_python_api(pytester, cache_dir):
+    pytester.makepyfile(f"""
+        import pytest
+        from mechtest.methods.circuits import Circuit
+
+        def test_api(mechtest, record_property):
+            m = mechtest.model("zoo-planted")
+            data = mechtest.dataset(m)
+            assert len(data) == 7 and mechtest.dataset("zoo-planted") is data
+            planted = mechtest.circuit({str(PLANTED_CIRCUIT)!r})
+            assert mechtest.circuit("paper:llama").name == "paper:llama"
+            r = mechtest.faithfulness(m, circuit=planted)
+            assert r.value >= 0.9, r.explain()
+            assert mechtest.faithfulness("zoo-planted", circuit=planted) is r  # memoised
+            assert mechtest.accuracy(m).value == 1.0
+            scores = mechtest.path_patching(m)
+            assert scores["value_fetcher"].scores.shape == (4, 4)
+            assert scores["value_fetcher"].top(1) == [(3, 1)]
+            found = mechtest.circuit("discovered:zoo-planted")
+            assert found.to_dict() == planted.to_dict()
+            record_property("faithfulness", r.value)
+
+        @pytest.mark.mechtest_models("zoo-planted-b")
+        def test_planted_circuit_is_not_in_planted_b(mechtest, mechtest_model):
+            r = mechtest.faithfulness(mechtest_model, circuit={str(PLANTED_CIRCUIT)!r})
+            assert r.value < 0.3, r.explain()
+
+        def test_compare(mechtest):
+            c = mechtest.compare("zoo-planted", "zoo-planted-b")
+            assert c.verdict == "not preserved", c.explain()
+    """)
+    run(pytester, cache_dir).assert_outcomes(passed=3)
+
+
+def gate(pytester, cache_dir, base: Path, candidate: Path):
+    shutil.copy(GATE, pytester.path / GATE.name)
+    return run(pytester, cache_dir, "--mechtest-model", f"base={base}", "--mechtest-model", f"candidate={candidate}")
+
+
+def test_gate_is_skipped_without_base_and_candidate(pytester, cache_dir):
+    shutil.copy(GATE, pytester.path / GATE.name)
+    result = run(pytester, cache_dir, "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*model 'candidate' is not configured: pass --mechtest-model candidate=PATH*"])
+
+
+def test_gate_planted_b_does_not_keep_the_planted_mechanism(pytester, cache_dir):
+    result = gate(pytester, cache_dir, PLANTED, PLANTED_B)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*claim 'candidate-keeps-base-circuit' on model 'candidate' (faithfulness) does not hold",
+        "*measured:  0.000",
+    ])
+    result.stdout.fnmatch_lines([
+        "*claim 'candidate-preserves-base-mechanism' on model 'candidate' (verdict) does not hold",
+        "*measured:  not preserved",
+        "*expected:  preserved",
+        "*NOT PRESERVED - candidate does not keep the base circuit: faithfulness 0.00 < 0.80*",
+    ])
+
+
+def test_gate_passes_when_the_candidate_is_the_base(pytester, cache_dir):
+    gate(pytester, cache_dir, PLANTED, PLANTED).assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("candidate, passes", [("zoo-finetuned", True), ("zoo-other", False)])
+def test_gate_on_the_trained_zoo(pytester, candidate, passes):
+    zoo = zoo_models()
+    if "zoo-base" not in zoo or candidate not in zoo:
+        pytest.skip(f"zoo-base or {candidate} is not built in fixtures/zoo")
+    shutil.copy(GATE, pytester.path / GATE.name)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "70",
+                                          "--mechtest-model", f"base={zoo['zoo-base']}",
+                                          "--mechtest-model", f"candidate={zoo[candidate]}")
+    if passes:
+        result.assert_outcomes(passed=2)
+    else:
+        result.stdout.fnmatch_lines(["*NOT PRESERVED - candidate does not keep the base circuit*"])
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+SNAPSHOT_CLAIM = f"""
+[[claim]]
+id = "scores"
+metric = "path_patching"
+circuit = "{PLANTED_CIRCUIT}"
+models = ["zoo-planted"]
+n_prompts = 7
+atol = 0.02
+"""
+
+
+def test_path_patching_snapshot_claim(pytester, cache_dir):
+    pytester.makefile(".toml", claims=SNAPSHOT_CLAIM)
+    snap = pytester.path / "__snapshots__" / "claims" / "scores[zoo-planted].json"
+    obtained = snap.with_suffix(".obtained.json")
+
+    result = run(pytester, cache_dir)  # no snapshot yet: fails and writes what it obtained
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*no snapshot at*scores[[]zoo-planted[]].json*--snapshot-update*"])
+    assert obtained.is_file() and not snap.exists()
+
+    run(pytester, cache_dir, "--snapshot-update").assert_outcomes(passed=1)
+    text = snap.read_text()
+    assert '"shape": [4, 4]' in text and '"n_prompts": 7' in text
+    run(pytester, cache_dir).assert_outcomes(passed=1)
+
+    moved = json.loads(text)
+    moved["steps"]["value_fetcher"]["values"][3][1] = -0.5
+    snap.write_text(json.dumps(moved))
+    result = run(pytester, cache_dir)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*1 of 64 entries differ beyond rtol=0.01, atol=0.02*",
+                                 "*heads that moved most*", "*steps.value_fetcher (L3, H1): -0.5 -> -0.99*"])
+
+    run(pytester, cache_dir, "--snapshot-update").assert_outcomes(passed=1)
+    assert json.loads(snap.read_text())["steps"]["value_fetcher"]["values"][3][1] < -0.9
+
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "14", "-rs",
+                                          "--mechtest-cache-dir", str(cache_dir))
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*recorded with n_prompts=7*this run uses n_prompts=14*not comparable*"])
+
+
+XDIST_CLAIMS = f"""
+[[claim]]
+id = "acc"
+metric = "accuracy"
+models = ["zoo-planted", "zoo-planted-b"]
+expect = ">= 0.9"
+
+[[claim]]
+id = "faith"
+metric = "faithfulness"
+circuit = "{PLANTED_CIRCUIT}"
+models = ["zoo-planted", "zoo-planted-b"]
+expect = ">= 0.9"
+
+[[claim]]
+id = "random"
+metric = "random_circuit_faithfulness"
+circuit = "{PLANTED_CIRCUIT}"
+n_draws = 2
+models = ["zoo-planted"]
+expect = "<= 0.5"
+"""
+
+
+def test_xdist_gives_the_same_json_and_computes_each_activation_once(pytester, tmp_path):
+    pytester.makefile(".toml", claims=XDIST_CLAIMS)
+    serial_cache, parallel_cache = tmp_path / "serial", tmp_path / "parallel"
+    serial = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7", "-n", "0",
+                                          "--mechtest-cache-dir", str(serial_cache), "--mechtest-json", "serial.json")
+    serial.assert_outcomes(passed=4, failed=1)
+    parallel = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7", "-n", "2",
+                                             "--mechtest-cache-dir", str(parallel_cache),
+                                             "--mechtest-json", "parallel.json")
+    parallel.assert_outcomes(passed=4, failed=1)
+    parallel.stdout.fnmatch_lines(["*= mechtest claims =*", "4 of 5 claims hold"])
+    a = json.loads((pytester.path / "serial.json").read_text())
+    b = json.loads((pytester.path / "parallel.json").read_text())
+    assert a["claims"] == b["claims"]
+    assert a["provenance"]["models"] == b["provenance"]["models"]
+    assert a["provenance"]["seeds"] == b["provenance"]["seeds"]
+    # ablation means of each model: two cache entries, each computed once, whichever worker got there first
+    files = sorted(p.name for p in parallel_cache.rglob("*.safetensors"))
+    assert len(files) == 2 and files == sorted(p.name for p in serial_cache.rglob("*.safetensors"))
+    assert a["provenance"]["cache"]["computed"] == 2
+    assert b["provenance"]["cache"]["computed"] == 2
