@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 from mechtest.errors import CircuitError, MechtestError
 from mechtest.heads import run_and_read
 from mechtest.methods.circuits import GROUPS, Circuit, candidate_circuit, load_circuit, random_circuit
-from mechtest.methods.evaluation import ablation_edits, ablation_means, accuracy, completeness, faithfulness
+from mechtest.methods.evaluation import (ablation_edits, ablation_means, accuracy, completeness, faithfulness, minimality,
+                                         random_circuit_faithfulness)
 from mechtest.model import load_model
 from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
 from tiny_models import save_tiny
@@ -125,3 +127,45 @@ def test_faithfulness_of_a_model_that_is_never_right_is_an_error(tiny):
     wrong = type(dataset)(**{**dataset.__dict__, "answer_ids": torch.zeros_like(dataset.answer_ids)})
     with pytest.raises(MechtestError, match="faithfulness is undefined"):
         faithfulness(tiny, load_circuit({"value_fetcher": [[0, 0]]}), wrong, mean_ablation_set(tiny.tokenizer, 6, n_boxes=3))
+
+
+# --- ground truth: the planted-circuit checkpoint -------------------------------------------------------
+
+PLANTED = Path(__file__).resolve().parents[1] / "fixtures" / "zoo" / "planted"
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model = load_model(PLANTED, device="cpu")
+    truth = load_circuit(PLANTED.parent.parent / "circuits" / "planted.json")
+    data = make_dataset(model.tokenizer, 100, n_boxes=7, seed=11), mean_ablation_set(model.tokenizer, 100, n_boxes=7, seed=12)
+    return model, truth, data
+
+
+def test_planted_circuit_is_faithful_and_every_node_is_needed(planted):
+    model, truth, (dataset, reference) = planted
+    f = faithfulness(model, truth, dataset, reference)
+    assert f.value >= 0.98 and f.details["model_accuracy"] >= 0.99
+    for node in truth.nodes:
+        broken = faithfulness(model, truth.without([node]), dataset, reference)
+        assert broken.value <= 0.35, f"circuit without {node} keeps faithfulness {broken.value:.2f}"
+    assert random_circuit_faithfulness(model, truth, dataset, reference, n_draws=5).value <= 0.35
+
+
+def test_minimality_prunes_decoys_and_keeps_the_planted_heads(planted):
+    model, truth, (dataset, reference) = planted
+    decoys = {"value_fetcher": [[3, 0]], "pos_transmitter": [[2, 0]], "pos_detector": [[1, 3]], "struct_reader": [[0, 1]]}
+    candidate = Circuit.from_dict({g: [list(h) for h in truth.heads(g)] + decoys[g] for g in GROUPS}, "candidate")
+    pruned, report = minimality(model, candidate, dataset, reference, threshold=0.25)
+    assert pruned.to_dict() == truth.to_dict()
+    assert all(report[n]["score"] > 5 for n in truth.nodes)
+    # At chance-level accuracy one prompt is a large *relative* drop (0.13 -> 0.12 is 8%), so the paper's
+    # 1% rule can keep a decoy whose partner is a planted head; hence the higher threshold (a parameter,
+    # spec Q9), which still leaves a wide margin to the planted heads' scores.
+    assert max(report[n]["score"] for n in candidate.nodes if n not in truth.nodes) < 0.25
+
+
+def test_completeness_of_the_planted_circuit_is_near_zero(planted):
+    model, truth, (dataset, reference) = planted
+    c = completeness(model, truth, dataset[:60], reference, mode="group")
+    assert c.value <= 0.1
