@@ -24,6 +24,10 @@ _LAZY = {
     **dict.fromkeys(["discover_circuit", "Discovery"], "mechtest.methods.discovery"),
     **dict.fromkeys(["accuracy", "faithfulness", "completeness", "random_circuit_faithfulness", "minimality"],
                     "mechtest.methods.evaluation"),
+    **dict.fromkeys(["Claim", "Expectation", "load_claims"], "mechtest.claims"),
+    "MechtestSession": "mechtest.session",
+    "HeadSnapshotExtension": "mechtest.snapshots",
+    "ClaimResult": "mechtest.report",
     "Measurement": "mechtest.stats",
     "ActivationCache": "mechtest.cache",
 }

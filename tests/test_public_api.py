@@ -12,6 +12,7 @@ EXPECTED = {
     "ADDITIONAL_DESIDERATA", "entity_tracking_examples", "register_profiles", "Circuit", "load_circuit",
     "random_circuit", "path_patching", "PathPatchingResult", "discover_circuit", "Discovery", "accuracy",
     "faithfulness", "completeness", "random_circuit_faithfulness", "minimality", "Measurement", "ActivationCache",
+    "Claim", "Expectation", "load_claims", "MechtestSession", "HeadSnapshotExtension", "ClaimResult",
 }
 
 
