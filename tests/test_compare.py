@@ -64,8 +64,10 @@ def test_explain_and_json(planted_vs_b):
     assert "thresholds: faithfulness >= 0.80" in text and "CMAP" in text and len(text.splitlines()) >= 8
     d = json.loads(json.dumps(planted_vs_b.to_dict(), allow_nan=False))
     assert d["verdict"] == "not preserved" and d["overlap"]["value_fetcher"]["n_common"] == 0
-    assert [c["name"] for c in d["checks"]] == ["faithfulness", "value_fetcher overlap", "value_fetcher score correlation"]
-    assert d["thresholds"] == {"faithfulness": 0.8, "overlap": 0.5, "correlation": 0.5, "group": "value_fetcher"}
+    assert [c["name"] for c in d["checks"]] == ["faithfulness", "value_fetcher overlap", "value_fetcher score correlation",
+                                          "candidate accuracy"]
+    assert d["thresholds"] == {"faithfulness": 0.8, "overlap": 0.5, "correlation": 0.5,
+                              "accuracy_over_chance": 0.1, "group": "value_fetcher"}
 
 
 def test_a_model_against_itself_is_preserved(planted):
@@ -80,6 +82,26 @@ def test_a_model_against_itself_is_preserved(planted):
 def test_thresholds_decide(planted_vs_b):
     assert isinstance(planted_vs_b, Comparison)
     assert Thresholds().faithfulness == 0.8 and planted_vs_b.thresholds == Thresholds()
+
+
+def _perturbed(scale, name):
+    """planted with N(0, (scale * std)^2) noise on every weight: same heads, other numbers."""
+    model = load_model(ZOO / "planted", name=name)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.hf.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+    return model
+
+
+def test_perturbed_weights_keep_the_mechanism_and_a_broken_candidate_does_not(planted):
+    tuned = compare(planted, _perturbed(0.0005, "planted-tuned"), **FAST)
+    assert tuned.verdict == "preserved" and tuned.candidate_accuracy.value >= 0.9, tuned.explain()
+    broken = compare(planted, _perturbed(0.01, "planted-broken"), **FAST)
+    # faithfulness alone would pass (circuit and model are both near 0): the accuracy check catches it
+    assert broken.verdict == "not preserved", broken.explain()
+    assert broken.reason() == ("candidate does not keep the base circuit: candidate accuracy "
+                               f"{broken.candidate_accuracy.value:.2f} < 0.24")
 
 
 def test_shape_mismatch_is_an_error_not_a_verdict(planted, tmp_path):

@@ -10,6 +10,10 @@ paired bootstrap intervals. The verdict rests on three mechanism measures, each 
 * Pearson correlation of the value-fetcher path-patching score matrices: the heads matter in the same
   proportions, a measure that does not depend on where the top-k cut falls.
 
+Faithfulness is a ratio, so a candidate that no longer solves the task (circuit and model both near 0)
+could look faithful: a fourth check asks the candidate's accuracy to stay ``accuracy_over_chance``
+above chance (1 / n_boxes).
+
 Accuracy alone never decides: a model with the same accuracy and other heads is "not preserved". A
 shape or tokenizer mismatch is an error, not a verdict.
 """
@@ -33,6 +37,7 @@ class Thresholds:
     faithfulness: float = 0.80   # base circuit's faithfulness in the candidate
     overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads
     correlation: float = 0.50    # Pearson r of the ``group`` path-patching scores
+    accuracy_over_chance: float = 0.10  # candidate accuracy >= 1 / n_boxes + this
     group: str = "value_fetcher"
 
 
@@ -113,8 +118,9 @@ class Comparison:
                      f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}..{self.cmap_gain.ci_high:+.3f})")
         t = self.thresholds
         lines.append(f"  thresholds: faithfulness >= {t.faithfulness:.2f}, {t.group} overlap >= {t.overlap:.2f}, "
-                     f"{t.group} score correlation >= {t.correlation:.2f}; discovery sizes {self.sizes}, "
-                     f"receivers {self.receivers}")
+                     f"{t.group} score correlation >= {t.correlation:.2f}, candidate accuracy >= "
+                     f"{1 / self.n_boxes + t.accuracy_over_chance:.2f} (chance {1 / self.n_boxes:.2f} + "
+                     f"{t.accuracy_over_chance:.2f}); discovery sizes {self.sizes}, receivers {self.receivers}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -190,6 +196,7 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         ("faithfulness", float("nan") if faith is None else faith.value, t.faithfulness),
         (f"{t.group} overlap", overlap[t.group].of_base, t.overlap),
         (f"{t.group} score correlation", correlation.get(t.group, float("nan")), t.correlation),
+        ("candidate accuracy", float(cand_hits.mean()), 1 / n_boxes + t.accuracy_over_chance),
     )
     checks = tuple((name, value, bound, bool(np.isfinite(value) and value >= bound)) for name, value, bound in checks)
     return Comparison(
