@@ -101,8 +101,12 @@ def path_patching(model, base, corrupt, *, receivers: dict[str, int] | None = No
 
 def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,
                naive: bool = False, senders: Sequence[tuple[int, int]] | None = None,
-               progress: bool = True, max_rows: int = 4096) -> StepResult:
-    """Score every head (or ``senders``) as a sender for one step; returns a (layers, heads) matrix."""
+               progress: bool = True, max_rows: int = 4096, memory_budget: int = 512 * 2**20) -> StepResult:
+    """Score every head (or ``senders``) as a sender for one step; returns a (layers, heads) matrix.
+
+    The fast engine puts up to ``max_rows`` (sender, prompt) rows in one forward pass, fewer when their
+    key/value prefix and logits would exceed ``memory_budget`` bytes.
+    """
     _validate(model, base, corrupt, step)
     senders = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)] if senders is None \
         else [tuple(s) for s in senders]
@@ -117,7 +121,8 @@ def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: i
         sl = slice(start, min(start + batch_size, n))
         ctx = _BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], step, need_kv=not naive)
         run = _naive_scores if naive else _fast_scores
-        totals += run(model, ctx, step, senders, max_rows).sum(dim=1).double()
+        rows = max_rows if naive else _rows_within(model, ctx, step, max_rows, memory_budget)
+        totals += run(model, ctx, step, senders, rows).sum(dim=1).double()
     scores = torch.zeros(model.n_layers, model.n_heads)
     for (l, h), total in zip(senders, totals):
         scores[l, h] = float(total / n)
@@ -249,6 +254,17 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+def _rows_within(model, ctx: _BatchContext, step: Step, max_rows: int, budget: int) -> int:
+    """Rows per forward so that the copied key/value prefix (run B) and the logits fit ``budget``."""
+    element = torch.finfo(model.dtype).bits // 8
+    per_row = model.vocab_size * 4 * 2  # float32 logits and their softmax
+    if step.receivers:
+        keys = int(ctx.ids.shape[1])  # prefix + suffix, an upper bound
+        # the prefix is copied once when the cache is built and once more when the suffix is appended
+        per_row += 2 * 2 * model.n_layers * model.n_kv_heads * keys * model.head_dim * element
+    return max(1, min(max_rows, budget // per_row))
+
 
 def _constant(values: torch.Tensor):
     def fn(x):
