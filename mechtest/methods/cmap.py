@@ -93,7 +93,8 @@ def cmap(model, donor, dataset, *, circuit: Circuit | str | None = None, group: 
     hits = cmap_correct(model, donor, dataset, circuit=circuit, group=group, transfer=transfer,
                         batch_size=batch_size, progress=progress)
     low, high = mean_ci(hits, seed=seed)
-    what = "all heads" if circuit is None else (load_circuit(circuit).name or "circuit") + (f"/{group}" if group else "")
+    what = "all heads" if circuit is None else (load_circuit(circuit).name or "circuit")
+    what += f"/{group}" if group else ""
     return Measurement("cmap_accuracy", float(hits.mean()), low, high, len(hits), seed,
                        {"model": model.name, "donor": donor.name, "patched": what, "transfer": transfer})
 
@@ -136,7 +137,7 @@ def _o_proj(model, layer: int) -> torch.nn.Module:
 
 
 def _head_terms(module: torch.nn.Module, z: torch.Tensor, heads: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(n, dim) outputs of heads ``heads`` (n,) -> (n, d_model): each one's own term of the projection, bias excluded."""
+    """(n, dim) outputs of heads ``heads`` (n,) -> (n, d_model): each one's own projection term, bias excluded."""
     spread = torch.zeros(z.shape[0], n_heads, z.shape[-1], dtype=z.dtype, device=z.device)
     spread[torch.arange(z.shape[0], device=z.device), heads.to(z.device)] = z
     # .forward, not __call__: the projection's own hooks (ours included) must not run on these probes

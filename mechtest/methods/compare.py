@@ -106,7 +106,8 @@ class Comparison:
                  f"{self.accuracy_difference.ci_high:+.3f}); {self.n_prompts} prompts, {self.n_boxes} boxes, "
                  f"seed {self.seed}"]
         if self.base_faithfulness is not None:
-            lines.append(f"  base circuit ({len(self.base_circuit)} nodes) in the base: {self.base_faithfulness.explain()}")
+            lines.append(f"  base circuit ({len(self.base_circuit)} nodes) in the base: "
+                         f"{self.base_faithfulness.explain()}")
         lines.append("  base circuit in the candidate: "
                      + (self.faithfulness.explain() if self.faithfulness else "undefined (candidate scores 0)"))
         for g in GROUPS:
@@ -115,7 +116,8 @@ class Comparison:
                          f"{_fmt(o.of_base)} of base, {_fmt(o.of_candidate)} of candidate; score correlation "
                          f"{_fmt(self.correlation.get(g, float('nan')))}")
         lines.append(f"  CMAP (candidate's circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
-                     f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}..{self.cmap_gain.ci_high:+.3f})")
+                     f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}.."
+                     f"{self.cmap_gain.ci_high:+.3f})")
         t = self.thresholds
         lines.append(f"  thresholds: faithfulness >= {t.faithfulness:.2f}, {t.group} overlap >= {t.overlap:.2f}, "
                      f"{t.group} score correlation >= {t.correlation:.2f}, candidate accuracy >= "

@@ -246,7 +246,9 @@ def _source_values(model, heads: Sequence[Head], group: str, pairs, batch_size: 
 
 
 def _mixed_logits(model, heads, group, pairs, sl: slice, src: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Last-position logits of the base prompts with ``m * base + (1 - m) * source`` at the group position; differentiable in ``mask``."""
+    """Last-position logits of the base prompts with ``m * base + (1 - m) * source`` at the group position.
+
+    Differentiable in ``mask`` (the model's weights are frozen by the caller)."""
     base = pairs.base
     pos = node_positions(base, group)[sl].to(model.device)
     src = src.to(model.device)
@@ -259,7 +261,8 @@ def _mixed_logits(model, heads, group, pairs, sl: slice, src: torch.Tensor, mask
     keep = int(ids.shape[1] - last.min().item())
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     with torch.enable_grad(), hooked(model, edits):
-        out = model.hf(input_ids=ids, attention_mask=base.attention_mask[sl].to(model.device), use_cache=False, **kwargs)
+        out = model.hf(input_ids=ids, attention_mask=base.attention_mask[sl].to(model.device), use_cache=False,
+                       **kwargs)
     logits = out.logits
     offset = ids.shape[1] - logits.shape[1]
     return logits[torch.arange(ids.shape[0], device=logits.device), last - offset].float()
@@ -291,7 +294,8 @@ def _hits(model, heads, group, pairs, src: torch.Tensor, patched: Sequence[bool]
             edits[("head_out", layer)] = set_heads([heads[i][1] for i in idx], base_pos[sl], src[sl][:, idx])
         return edits
 
-    logits = dataset_logits(model, pairs.base, batch_size=batch_size, edits_for_batch=edits_for_batch if chosen else None)
+    logits = dataset_logits(model, pairs.base, batch_size=batch_size,
+                            edits_for_batch=edits_for_batch if chosen else None)
     return (logits.argmax(-1) == pairs.target_ids).numpy()
 
 
