@@ -158,16 +158,17 @@ def test_a_malformed_circuit_file_fails_at_collection(tmp_path):
         load_claims(write(tmp_path, GOOD.replace(str(PLANTED), "bad.json")))
 
 
-def test_collection_error_before_any_weights_load(pytester):
+def test_collection_error_before_any_weights_load(pytester, monkeypatch):
     """A malformed claim is a collection error naming file, claim and field; no model is loaded."""
+    import mechtest.model
+
+    def _refuse(*a, **k):
+        raise AssertionError("weights loaded")
+
+    # patched here (and undone by monkeypatch), not in the inner conftest: the run is in-process
+    monkeypatch.setattr(mechtest.model, "load_model", _refuse)
     pytester.makefile(".toml", claims='[[claim]]\nid = "bad-one"\nmetric = "accuracy"\nmodels = ["zoo-planted"]\n'
                                       'expect = "about 0.9"\n')
-    pytester.makeconftest("""
-        import mechtest.model
-        def _refuse(*a, **k):
-            raise AssertionError("weights loaded")
-        mechtest.model.load_model = _refuse
-    """)
     result = pytester.runpytest_inprocess()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*ClaimError: *claims.toml, claim 'bad-one': field 'expect': cannot parse*"])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mechtest.errors import MechtestError
-from mechtest.forward import _progress
+from mechtest.forward import _accepts_logits_to_keep, _progress
 from mechtest.heads import check_heads, hooked, kv_head_of, masked_replace, n_heads_at, record, run_and_read
 
 POSITIONS = ("last", "query_label", "query_context")
@@ -120,9 +120,10 @@ def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: i
     for start in bar:
         sl = slice(start, min(start + batch_size, n))
         ctx = _BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], step, need_kv=not naive)
-        run = _naive_scores if naive else _fast_scores
-        rows = max_rows if naive else _rows_within(model, ctx, step, max_rows, memory_budget)
-        totals += run(model, ctx, step, senders, rows).sum(dim=1).double()
+        if naive:
+            totals += _naive_scores(model, ctx, step, senders).sum(dim=1).double()
+        else:
+            totals += _fast_scores(model, ctx, step, senders, max_rows, memory_budget).sum(dim=1).double()
     scores = torch.zeros(model.n_layers, model.n_heads)
     for (l, h), total in zip(senders, totals):
         scores[l, h] = float(total / n)
@@ -164,7 +165,7 @@ class _BatchContext:
 
 # --- naive reference: one full forward (or two) per sender ------------------------------------------
 
-def _naive_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> torch.Tensor:
+def _naive_scores(model, ctx: _BatchContext, step: Step, senders) -> torch.Tensor:
     b, seq = ctx.ids.shape
     rows = torch.arange(b, device=ctx.ids.device)
     freeze = torch.arange(seq, device=ctx.ids.device)[None, :] >= ctx.p_start[:, None]  # (b, seq)
@@ -196,28 +197,29 @@ def _naive_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> t
 
 # --- fast exact engine -------------------------------------------------------------------------------
 
-def _fast_scores(model, ctx: _BatchContext, step: Step, senders, max_rows) -> torch.Tensor:
+def _fast_scores(model, ctx: _BatchContext, step: Step, senders, max_rows, budget) -> torch.Tensor:
     out = torch.zeros(len(senders), ctx.ids.shape[0])
     # A sender changes nothing in its own or earlier layers, so with every receiver at or below the
     # sender's layer run B is the clean run: the score is exactly 0 and needs no forward pass.
     top = max((l for l, _ in step.receivers), default=None)
     active = [i for i, (l, _) in enumerate(senders) if top is None or l < top]
-    for p in torch.unique(ctx.p_start).tolist():
-        ex = torch.nonzero(ctx.p_start == p).flatten()
-        chunk = max(1, max_rows // len(ex))
+    groups = torch.stack([ctx.p_start, ctx.last], dim=1)
+    for p, last in torch.unique(groups, dim=0).tolist():
+        ex = torch.nonzero((ctx.p_start == p) & (ctx.last == last)).flatten()
+        chunk = _senders_per_chunk(model, step, len(ex), p, last - p + 1, max_rows, budget)
         for s0 in range(0, len(active), chunk):
             idx = active[s0:s0 + chunk]
-            scores = _fast_chunk(model, ctx, step, [senders[i] for i in idx], ex, p).cpu()
+            scores = _fast_chunk(model, ctx, step, [senders[i] for i in idx], ex, p, last).cpu()
             out[torch.tensor(idx)[:, None], ex.cpu()[None, :]] = scores
     return out
 
 
-def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor, p: int) -> torch.Tensor:
-    """Scores (len(senders), len(ex)) for examples ``ex`` that share P_start = p."""
+def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor, p: int, last: int) -> torch.Tensor:
+    """Scores (len(senders), len(ex)) for examples ``ex`` that share P_start = p and the last position."""
     n_s, n_e = len(senders), len(ex)
     rows = n_s * n_e
-    ex_rows = ex.repeat(n_s)                                   # row r -> example ex_rows[r]
-    token = ctx.ids[ex_rows, p][:, None]                      # (rows, 1)
+    ex_rows = ex.repeat(n_s)                                   # row r = i * n_e + e: sender i, example e
+    token = ctx.ids[ex_rows, p][:, None]
     position = torch.full((rows, 1), p, device=ex.device)
 
     # Run A: the token at p alone, every head output frozen, the sender's taking the corrupt value.
@@ -226,8 +228,7 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
         values = ctx.clean[l][ex_rows, p].clone()             # (rows, heads, dim)
         for i, (ls, hs) in enumerate(senders):
             if ls == l:
-                r = slice(i * n_e, (i + 1) * n_e)
-                values[r, hs] = ctx.corrupt_at[l, ex, hs]
+                values[i * n_e:(i + 1) * n_e, hs] = ctx.corrupt_at[l, ex, hs]
         edits[("head_out", l)] = _constant(values[:, None])
     recorded: dict = {}
     for l in _receiver_layers(model, step):
@@ -235,35 +236,60 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
     with torch.no_grad(), hooked(model, edits):
         out = model.hf(input_ids=token, position_ids=position, use_cache=False)
     if not step.receivers:
-        logits = out.logits[:, -1]
+        prob = out.logits[:, -1].float().softmax(-1)[torch.arange(rows, device=ex.device), ctx.answers[ex_rows]]
+        prob = prob.view(n_s, n_e)
     else:
-        # Run B: positions >= p on top of the clean prefix cache, receivers' q/v at p from run A.
-        b_edits = {}
-        for l, heads in _receivers_by_layer(model, step).items():
-            b_edits[(step.receiver_site, l)] = _set_first(heads, recorded[l][:, 0][:, heads])
-        suffix = ctx.ids[ex_rows, p:]
-        cache = _make_cache([(k[ex_rows, :, :p], v[ex_rows, :, :p]) for k, v in ctx.kv])
-        with torch.no_grad(), hooked(model, b_edits):
-            out = model.hf(input_ids=suffix, use_cache=True, **{_cache_kwarg(model): cache})
-        last_in_suffix = ctx.last[ex_rows] - p
-        logits = out.logits[torch.arange(rows, device=ex.device), last_in_suffix]
-    answers = ctx.answers[ex_rows]
-    prob = logits.float().softmax(-1)[torch.arange(rows, device=ex.device), answers]
-    p_clean = ctx.p_clean[ex_rows]
-    return ((prob - p_clean) / p_clean).view(n_s, n_e)
+        prob = _run_b(model, ctx, step, recorded, ex, p, last, n_s)
+    return (prob - ctx.p_clean[ex][None]) / ctx.p_clean[ex][None]
+
+
+def _run_b(model, ctx: _BatchContext, step: Step, recorded: dict, ex, p: int, last: int, n_s: int) -> torch.Tensor:
+    """Run B for n_s senders at once, packed on the sequence axis of each example.
+
+    Each example's positions p..last are repeated n_s times (block i = sender i), on top of the clean
+    key/value prefix of that example; a 4D mask lets every block see the prefix and, causally, only
+    itself. So the prefix is never copied per sender, and each block computes exactly the suffix of a
+    separate run B whose receivers read sender i's q/v at p.
+    """
+    n_e, s = len(ex), last - p + 1
+    q_len = n_s * s
+    device = ctx.ids.device
+    ids = ctx.ids[ex, p:last + 1].repeat(1, n_s)
+    positions = torch.arange(p, last + 1, device=device).repeat(n_s)[None].expand(n_e, -1)
+    qi = torch.arange(q_len, device=device)
+    own_block = (qi[:, None] // s == qi[None, :] // s) & (qi[None, :] <= qi[:, None])
+    allowed = torch.cat([torch.ones(q_len, p, dtype=torch.bool, device=device), own_block], dim=1)
+    mask = torch.zeros(allowed.shape, dtype=model.dtype, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(model.dtype).min)[None, None].expand(n_e, 1, -1, -1)
+
+    starts = torch.arange(n_s, device=device) * s
+    b_edits = {}
+    for l, heads in _receivers_by_layer(model, step).items():
+        values = recorded[l][:, 0][:, heads].reshape(n_s, n_e, len(heads), -1).transpose(0, 1)
+        b_edits[(step.receiver_site, l)] = _set_blocks(heads, starts, values)
+    cache = _make_cache([(k[ex, :, :p], v[ex, :, :p]) for k, v in ctx.kv])
+    keep = starts + (last - p)
+    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    with torch.no_grad(), hooked(model, b_edits):
+        out = model.hf(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                       **{_cache_kwarg(model): cache}, **kwargs)
+    logits = out.logits if kwargs else out.logits[:, keep]
+    prob = logits.float().softmax(-1).gather(-1, ctx.answers[ex][:, None, None].expand(-1, n_s, 1))[..., 0]
+    return prob.transpose(0, 1)  # (n_s, n_e)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 
-def _rows_within(model, ctx: _BatchContext, step: Step, max_rows: int, budget: int) -> int:
-    """Rows per forward so that the copied key/value prefix (run B) and the logits fit ``budget``."""
-    element = torch.finfo(model.dtype).bits // 8
-    per_row = model.vocab_size * 4 * 2  # float32 logits and their softmax
-    if step.receivers:
-        keys = int(ctx.ids.shape[1])  # prefix + suffix, an upper bound
-        # the prefix is copied once when the cache is built and once more when the suffix is appended
-        per_row += 2 * 2 * model.n_layers * model.n_kv_heads * keys * model.head_dim * element
-    return max(1, min(max_rows, budget // per_row))
+def _senders_per_chunk(model, step: Step, n_e: int, p: int, s: int, max_rows: int, budget: int) -> int:
+    """Senders per forward pass: at most ``max_rows`` rows, and attention scores and logits within ``budget``."""
+    n_s = max(1, max_rows // n_e)
+    while n_s > 1:
+        logits = n_e * n_s * model.vocab_size * 4 * 2
+        scores = n_e * model.n_heads * (n_s * s) * (p + n_s * s) * 4 * 3 if step.receivers else 0
+        if logits + scores <= budget:
+            break
+        n_s //= 2
+    return n_s
 
 
 def _constant(values: torch.Tensor):
@@ -273,12 +299,13 @@ def _constant(values: torch.Tensor):
     return fn
 
 
-def _set_first(heads, values):
-    """Replace ``heads`` at suffix position 0 with ``values`` (rows, len(heads), dim)."""
+def _set_blocks(heads, starts, values):
+    """Replace ``heads`` at the block starts: ``values`` (batch, blocks, len(heads), dim)."""
 
     def fn(x):
         out = x.clone()
-        out[:, 0, heads] = values.to(x.dtype)
+        index = (slice(None), starts[:, None], torch.as_tensor(heads, device=x.device)[None, :])
+        out[index] = values.to(x.dtype)
         return out
 
     return fn
