@@ -52,6 +52,7 @@ def test_same_function_other_heads_is_not_preserved(planted_vs_b):
     assert c.accuracy_difference.value == 0.0
     assert c.base_faithfulness.value >= 0.99 and c.faithfulness.value <= 0.2
     assert c.overlap["value_fetcher"].n_common == 0 and c.correlation["value_fetcher"] < 0.5
+    assert c.importance_correlation < 0 and c.importance["base"][3][1] >= 0.9 and c.importance["candidate"][3][2] >= 0.9
     assert c.base_circuit.heads("value_fetcher") == ((3, 1),)
     assert c.candidate_circuit.heads("value_fetcher") == ((3, 2),)
     assert c.reason().startswith("candidate does not keep the base circuit: faithfulness 0.")
@@ -64,9 +65,9 @@ def test_explain_and_json(planted_vs_b):
     assert "thresholds: faithfulness >= 0.80" in text and "CMAP" in text and len(text.splitlines()) >= 8
     d = json.loads(json.dumps(planted_vs_b.to_dict(), allow_nan=False))
     assert d["verdict"] == "not preserved" and d["overlap"]["value_fetcher"]["n_common"] == 0
-    assert [c["name"] for c in d["checks"]] == ["faithfulness", "value_fetcher overlap", "value_fetcher score correlation",
+    assert [c["name"] for c in d["checks"]] == ["faithfulness", "value_fetcher overlap", "head-importance correlation",
                                           "candidate accuracy"]
-    assert d["thresholds"] == {"faithfulness": 0.8, "overlap": 0.5, "correlation": 0.5,
+    assert d["thresholds"] == {"faithfulness": 0.8, "overlap": 0.5, "importance": 0.5,
                               "accuracy_over_chance": 0.1, "group": "value_fetcher"}
 
 
@@ -100,8 +101,17 @@ def test_perturbed_weights_keep_the_mechanism_and_a_broken_candidate_does_not(pl
     broken = compare(planted, _perturbed(0.01, "planted-broken"), **FAST)
     # faithfulness alone would pass (circuit and model are both near 0): the accuracy check catches it
     assert broken.verdict == "not preserved", broken.explain()
-    assert broken.reason() == ("candidate does not keep the base circuit: candidate accuracy "
-                               f"{broken.candidate_accuracy.value:.2f} < 0.24")
+    assert broken.reason().endswith(f"candidate accuracy {broken.candidate_accuracy.value:.2f} < 0.24")
+
+
+def test_unfaithful_base_circuit_skips_the_faithfulness_check(planted):
+    """A base circuit that does not explain the base cannot vouch for the candidate: noted, not checked."""
+    strict = Thresholds(faithfulness=1.01)
+    c = compare(planted, planted, **FAST, thresholds=strict)
+    assert [name for name, *_ in c.checks] == ["head-importance correlation", "candidate accuracy"]
+    assert c.notes == ("faithfulness and value_fetcher overlap not checked: the base's discovered circuit explains "
+                       "only 1.00 of the base (< 1.01)",)
+    assert c.verdict == "preserved" and "note: faithfulness and value_fetcher overlap not checked" in c.explain()
 
 
 def test_shape_mismatch_is_an_error_not_a_verdict(planted, tmp_path):

@@ -1,18 +1,25 @@
 """Base vs. candidate (e.g. a fine-tune): does the candidate still run the base model's mechanism?
 
 Everything is measured on the same prompts for both models, so accuracy differences and CMAP gains get
-paired bootstrap intervals. The verdict rests on three mechanism measures, each with a threshold:
+paired bootstrap intervals. The verdict rests on mechanism measures, each with a threshold:
 
 * faithfulness of the base's discovered circuit inside the candidate (spec 5.2): the candidate can
   still solve the task with everything but the base's heads mean-ablated;
 * overlap of the value-fetcher groups discovered in each model (spec 5.5), as |base ∩ candidate| / |base|:
   the heads that do the final fetch are the same heads;
-* Pearson correlation of the value-fetcher path-patching score matrices: the heads matter in the same
-  proportions, a measure that does not depend on where the top-k cut falls.
 
-Faithfulness is a ratio, so a candidate that no longer solves the task (circuit and model both near 0)
-could look faithful: a fourth check asks the candidate's accuracy to stay ``accuracy_over_chance``
-above chance (1 / n_boxes).
+  these two circuit checks apply only when the base's discovered circuit is faithful in the base itself
+  (same threshold): a circuit that does not explain the base cannot show that the candidate kept it, and
+  its top-k membership is then noise (on the tiny trained zoo the paper's four position classes explain
+  0.2-0.4 of the base, and the top value fetcher changes with the prompts); the explanation says so;
+* Pearson correlation of the head-importance profiles (accuracy drop when one head is mean-ablated at
+  every position, for every head): the same heads matter in both models, whatever positions they
+  act at and wherever a top-k cut falls;
+* the candidate's accuracy stays ``accuracy_over_chance`` above chance (1 / n_boxes): faithfulness is
+  a ratio, so a candidate that no longer solves the task could otherwise look faithful.
+
+Path-patching score correlations per step are reported but do not decide: with few heads and small
+scores they are noisy (base vs. its own fine-tune in the trained zoo: 0.37 for the value-fetcher step).
 
 Accuracy alone never decides: a model with the same accuracy and other heads is "not preserved". A
 shape or tokenizer mismatch is an error, not a verdict.
@@ -34,9 +41,9 @@ from mechtest.stats import Measurement, bootstrap_ci, mean_ci
 class Thresholds:
     """What "preserved" requires; every bound is inclusive."""
 
-    faithfulness: float = 0.80   # base circuit's faithfulness in the candidate
-    overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads
-    correlation: float = 0.50    # Pearson r of the ``group`` path-patching scores
+    faithfulness: float = 0.80   # base circuit's faithfulness in the candidate (if it reaches it in the base)
+    overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads (same condition)
+    importance: float = 0.50     # Pearson r of the single-head ablation profiles
     accuracy_over_chance: float = 0.10  # candidate accuracy >= 1 / n_boxes + this
     group: str = "value_fetcher"
 
@@ -76,10 +83,13 @@ class Comparison:
     faithfulness: Measurement | None          # base circuit in the candidate; None if the candidate scores 0
     overlap: dict[str, GroupOverlap]
     correlation: dict[str, float]             # per path-patching step
+    importance: dict[str, list[list[float]]]  # "base"/"candidate" -> (layers, heads) accuracy drop, one head ablated
+    importance_correlation: float
     cmap_accuracy: Measurement                # base with the candidate's circuit-head outputs patched in
     cmap_gain: Measurement                    # cmap_accuracy - base accuracy, paired
     thresholds: Thresholds
     checks: tuple[tuple[str, float, float, bool], ...] = field(default=())  # (name, value, bound, passed)
+    notes: tuple[str, ...] = field(default=())  # checks not applied, and why
     sizes: dict[str, int] = field(default_factory=dict)
     receivers: dict[str, int] = field(default_factory=dict)
 
@@ -95,7 +105,7 @@ class Comparison:
         """One sentence: the checks, with the failing ones when the verdict is negative."""
         parts = [f"{name} {_fmt(value)} {'>=' if ok else '<'} {bound:.2f}" for name, value, bound, ok in self.checks]
         if self.preserved:
-            return f"candidate keeps the base circuit: {', '.join(parts)}"
+            return f"candidate keeps the base circuit: {', '.join(parts)}" + "".join(f"; {n}" for n in self.notes)
         failed = [p for p, (*_, ok) in zip(parts, self.checks) if not ok]
         return f"candidate does not keep the base circuit: {', '.join(failed)}"
 
@@ -115,12 +125,16 @@ class Comparison:
             lines.append(f"  {g}: {o.n_common} common of {o.n_base} (base) / {o.n_candidate} (candidate): "
                          f"{_fmt(o.of_base)} of base, {_fmt(o.of_candidate)} of candidate; score correlation "
                          f"{_fmt(self.correlation.get(g, float('nan')))}")
+        lines.append(f"  head-importance correlation {_fmt(self.importance_correlation)} (accuracy drop per head "
+                     f"mean-ablated at every position; base {_rows(self.importance['base'])}, candidate "
+                     f"{_rows(self.importance['candidate'])})")
         lines.append(f"  CMAP (candidate's circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
                      f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}.."
                      f"{self.cmap_gain.ci_high:+.3f})")
         t = self.thresholds
+        lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  thresholds: faithfulness >= {t.faithfulness:.2f}, {t.group} overlap >= {t.overlap:.2f}, "
-                     f"{t.group} score correlation >= {t.correlation:.2f}, candidate accuracy >= "
+                     f"head-importance correlation >= {t.importance:.2f}, candidate accuracy >= "
                      f"{1 / self.n_boxes + t.accuracy_over_chance:.2f} (chance {1 / self.n_boxes:.2f} + "
                      f"{t.accuracy_over_chance:.2f}); discovery sizes {self.sizes}, receivers {self.receivers}")
         return "\n".join(lines)
@@ -140,6 +154,8 @@ class Comparison:
                             "of_base": _json(o.of_base), "of_candidate": _json(o.of_candidate)}
                         for g, o in self.overlap.items()},
             "correlation": {g: _json(v) for g, v in self.correlation.items()},
+            "importance": _json(self.importance), "importance_correlation": _json(self.importance_correlation),
+            "notes": list(self.notes),
             "cmap_accuracy": m(self.cmap_accuracy), "cmap_gain": m(self.cmap_gain),
             "thresholds": asdict(self.thresholds),
             "checks": [{"name": n, "value": _json(v), "bound": b, "passed": ok} for n, v, b, ok in self.checks],
@@ -175,12 +191,13 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     base_hits = correct(base, data, batch_size=batch_size)
     cand_hits = correct(candidate, data, batch_size=batch_size)
 
+    means = {m: ablation_means(m, reference, batch_size=batch_size) for m in dict.fromkeys((base, candidate))}
+
     def faithful(model, hits) -> Measurement | None:
         if hits.mean() == 0:
             return None
-        means = ablation_means(model, reference, batch_size=batch_size)
         circ = correct(model, data, batch_size=batch_size,
-                       edits_for_batch=ablation_edits(model, data, means, keep=base_circuit))
+                       edits_for_batch=ablation_edits(model, data, means[model], keep=base_circuit))
         low, high = bootstrap_ci([circ, hits], _ratio, seed=seed)
         return Measurement("faithfulness", float(circ.mean() / hits.mean()), low, high, len(data), seed,
                            {"model": model.name, "circuit": base_circuit.name, "circuit_accuracy": float(circ.mean()),
@@ -193,13 +210,22 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     overlap = {g: _overlap(g, base_circuit, cand_circuit) for g in GROUPS}
     correlation = {g: _pearson(disc_base.scores.steps[g].scores, disc_cand.scores.steps[g].scores)
                    for g in GROUPS if g in disc_base.scores.steps and g in disc_cand.scores.steps}
+    importance = {role: _importance(m, data, means[m], hits, batch_size)
+                  for role, m, hits in (("base", base, base_hits), ("candidate", candidate, cand_hits))}
+    importance_r = _pearson(torch.tensor(importance["base"]), torch.tensor(importance["candidate"]))
     t = thresholds
-    checks = (
-        ("faithfulness", float("nan") if faith is None else faith.value, t.faithfulness),
-        (f"{t.group} overlap", overlap[t.group].of_base, t.overlap),
-        (f"{t.group} score correlation", correlation.get(t.group, float("nan")), t.correlation),
+    checks = []
+    notes = []
+    if base_faith is not None and base_faith.value >= t.faithfulness:
+        checks.append(("faithfulness", float("nan") if faith is None else faith.value, t.faithfulness))
+        checks.append((f"{t.group} overlap", overlap[t.group].of_base, t.overlap))
+    else:
+        notes.append(f"faithfulness and {t.group} overlap not checked: the base's discovered circuit explains only "
+                     f"{0.0 if base_faith is None else base_faith.value:.2f} of the base (< {t.faithfulness:.2f})")
+    checks += [
+        ("head-importance correlation", importance_r, t.importance),
         ("candidate accuracy", float(cand_hits.mean()), 1 / n_boxes + t.accuracy_over_chance),
-    )
+    ]
     checks = tuple((name, value, bound, bool(np.isfinite(value) and value >= bound)) for name, value, bound in checks)
     return Comparison(
         base=base.name, candidate=candidate.name, n_prompts=len(data), n_boxes=n_boxes, seed=seed,
@@ -210,11 +236,28 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         faithfulness=faith, overlap=overlap, correlation=correlation,
         cmap_accuracy=_mean("cmap_accuracy", cmap_hits, seed, donor=candidate.name, model=base.name),
         cmap_gain=_difference("cmap_gain", cmap_hits, base_hits, seed),
-        thresholds=thresholds, checks=checks, sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
+        importance=importance, importance_correlation=importance_r,
+        thresholds=thresholds, checks=checks, notes=tuple(notes), sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
     )
 
 
 # --- internals -------------------------------------------------------------------------------------
+
+def _importance(model, data, means, hits, batch_size: int) -> list[list[float]]:
+    """(layers, heads): accuracy drop when that one head is mean-ablated at every position."""
+    from mechtest.heads import mean_heads
+    from mechtest.methods.evaluation import correct
+
+    seq = data.input_ids.shape[1]
+    drops = [[float(hits.mean() - correct(model, data, batch_size=batch_size, edits_for_batch=lambda sl, l=l, h=h: {
+        ("head_out", l): mean_heads([h], means[l, :seq])}).mean()) for h in range(model.n_heads)]
+        for l in range(model.n_layers)]
+    return drops
+
+
+def _rows(matrix) -> str:
+    return "[" + "; ".join(" ".join(f"{v:.2f}" for v in row) for row in matrix) + "]"
+
 
 def _overlap(group: str, base: Circuit, candidate: Circuit) -> GroupOverlap:
     a, b = set(base.heads(group)), set(candidate.heads(group))
