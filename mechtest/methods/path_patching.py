@@ -231,10 +231,16 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
                 values[i * n_e:(i + 1) * n_e, hs] = ctx.corrupt_at[l, ex, hs]
         edits[("head_out", l)] = _constant(values[:, None])
     recorded: dict = {}
-    for l in _receiver_layers(model, step):
+    layers = _receiver_layers(model, step)
+    for l in layers:
         edits[(step.receiver_site, l)] = record(recorded, l)
-    with torch.no_grad(), hooked(model, edits):
-        out = model.hf(input_ids=token, position_ids=position, use_cache=False)
+    if layers:  # nothing above the last receiver matters in run A: stop the forward pass there
+        edits[(step.receiver_site, layers[-1])] = [record(recorded, layers[-1]), _stop_forward]
+    try:
+        with torch.no_grad(), hooked(model, edits):
+            out = model.hf(input_ids=token, position_ids=position, use_cache=False)
+    except _StopForward:
+        pass
     if not step.receivers:
         prob = out.logits[:, -1].float().softmax(-1)[torch.arange(rows, device=ex.device), ctx.answers[ex_rows]]
         prob = prob.view(n_s, n_e)
@@ -279,6 +285,14 @@ def _run_b(model, ctx: _BatchContext, step: Step, recorded: dict, ex, p: int, la
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass whose remaining layers cannot matter."""
+
+
+def _stop_forward(x):
+    raise _StopForward
+
 
 def _senders_per_chunk(model, step: Step, n_e: int, p: int, s: int, max_rows: int, budget: int) -> int:
     """Senders per forward pass: at most ``max_rows`` rows, and attention scores and logits within ``budget``."""
