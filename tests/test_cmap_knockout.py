@@ -186,3 +186,31 @@ def test_random_control_positions_avoid_the_answer_path(data):
     assert not (to == data.query_context_pos).any()
     assert (to >= data.object_pos.min(1).values).all() and (to <= data.label_pos.max(1).values).all()
     assert torch.equal(to, edge_positions(data, "last->random", seed=1)[1])
+
+
+# --- the trained zoo (tiny Llamas; skipped until built) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def zoo():
+    if not ((ZOO / "base").is_dir() and (ZOO / "finetuned").is_dir()):
+        pytest.skip("fixtures/zoo/base and finetuned are not built")
+    n_boxes = json.loads((ZOO / "base" / "mechtest.json").read_text()).get("n_boxes", 7)
+    base, ft = load_model(ZOO / "base"), load_model(ZOO / "finetuned")
+    return base, ft, make_dataset(base.tokenizer, 150, n_boxes=n_boxes, seed=7)
+
+
+def test_zoo_cmap_finetuned_into_base_closes_the_gap(zoo):
+    base, ft, data = zoo
+    base_acc, ft_acc = accuracy(base, data).value, accuracy(ft, data).value
+    assert cmap(base, base, data, progress=False).value == base_acc  # Llama path, GQA-free: identity
+    patched = cmap(base, ft, data, progress=False)
+    assert patched.value >= base_acc + 0.5 * (ft_acc - base_acc), (base_acc, ft_acc, patched.explain())
+
+
+def test_zoo_knockout_last_to_query_label_in_layer_0(zoo):
+    _, ft, data = zoo
+    label = attention_knockout(ft, data, "last->query_label", progress=False)
+    control = attention_knockout(ft, data, "last->random", progress=False)
+    chance = 1 / data.n_boxes
+    assert label.at(0).value <= chance + 0.1 and label.at(1).value >= label.baseline.value - 0.05, label.explain()
+    assert min(control.values()) >= control.baseline.value - 0.05, control.explain()
