@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mechtest.methods.cmap import ModelMismatchError
-from mechtest.methods.compare import Comparison, Thresholds, compare
+from mechtest.methods.compare import Comparison, Thresholds, compare, judge
 from mechtest.model import load_model
 
 ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
@@ -71,8 +71,8 @@ def test_explain_and_json(planted_vs_b):
                               "accuracy_over_chance": 0.1, "group": "value_fetcher"}
 
 
-def test_a_model_against_itself_is_preserved(planted):
-    c = compare(planted, planted, **FAST)
+def test_a_model_against_itself_is_preserved(planted_vs_itself):
+    c = planted_vs_itself
     assert c.verdict == "preserved", c.explain()
     assert c.faithfulness.value == 1.0 and c.cmap_gain.value == 0.0
     assert all(o.of_base == 1.0 and o.of_candidate == 1.0 for o in c.overlap.values())
@@ -81,8 +81,9 @@ def test_a_model_against_itself_is_preserved(planted):
 
 
 def test_thresholds_decide(planted_vs_b):
-    assert isinstance(planted_vs_b, Comparison)
-    assert Thresholds().faithfulness == 0.8 and planted_vs_b.thresholds == Thresholds()
+    assert isinstance(planted_vs_b, Comparison) and planted_vs_b.thresholds == Thresholds()
+    lenient = judge(planted_vs_b, Thresholds(faithfulness=0.0, overlap=0.0, importance=-1.0))
+    assert lenient.verdict == "preserved" and judge(lenient, Thresholds()).verdict == "not preserved"
 
 
 def _perturbed(scale, name):
@@ -104,10 +105,15 @@ def test_perturbed_weights_keep_the_mechanism_and_a_broken_candidate_does_not(pl
     assert broken.reason().endswith(f"candidate accuracy {broken.candidate_accuracy.value:.2f} < 0.24")
 
 
-def test_unfaithful_base_circuit_skips_the_faithfulness_check(planted):
+@pytest.fixture(scope="module")
+def planted_vs_itself(planted):
+    return compare(planted, planted, **FAST)
+
+
+def test_unfaithful_base_circuit_skips_the_faithfulness_check(planted_vs_itself):
     """A base circuit that does not explain the base cannot vouch for the candidate: noted, not checked."""
-    strict = Thresholds(faithfulness=1.01)
-    c = compare(planted, planted, **FAST, thresholds=strict)
+    c = judge(planted_vs_itself, Thresholds(faithfulness=1.01))
+    assert c.base_accuracy is planted_vs_itself.base_accuracy  # re-judged, not re-measured
     assert [name for name, *_ in c.checks] == ["head-importance correlation", "candidate accuracy"]
     assert c.notes == ("faithfulness and value_fetcher overlap not checked: the base's discovered circuit explains "
                        "only 1.00 of the base (< 1.01)",)

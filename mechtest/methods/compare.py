@@ -13,8 +13,10 @@ paired bootstrap intervals. The verdict rests on mechanism measures, each with a
   its top-k membership is then noise (on the tiny trained zoo the paper's four position classes explain
   0.2-0.4 of the base, and the top value fetcher changes with the prompts); the explanation says so;
 * Pearson correlation of the head-importance profiles (accuracy drop when one head is mean-ablated at
-  every position, for every head): the same heads matter in both models, whatever positions they
-  act at and wherever a top-k cut falls;
+  every position, for every head), each layer centred on its own mean: the same heads *within each
+  layer* matter in both models, whatever positions they act at and wherever a top-k cut falls. The
+  centring matters: heads are interchangeable only within a layer, so any two models of the task share
+  the layer-level profile (e.g. "layer 0 matters, layer 1 less") and would correlate through it alone;
 * the candidate's accuracy stays ``accuracy_over_chance`` above chance (1 / n_boxes): faithfulness is
   a ratio, so a candidate that no longer solves the task could otherwise look faithful.
 
@@ -27,7 +29,7 @@ shape or tokenizer mismatch is an error, not a verdict.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -125,8 +127,8 @@ class Comparison:
             lines.append(f"  {g}: {o.n_common} common of {o.n_base} (base) / {o.n_candidate} (candidate): "
                          f"{_fmt(o.of_base)} of base, {_fmt(o.of_candidate)} of candidate; score correlation "
                          f"{_fmt(self.correlation.get(g, float('nan')))}")
-        lines.append(f"  head-importance correlation {_fmt(self.importance_correlation)} (accuracy drop per head "
-                     f"mean-ablated at every position; base {_rows(self.importance['base'])}, candidate "
+        lines.append(f"  head-importance correlation {_fmt(self.importance_correlation)} (within layers; accuracy "
+                     f"drop per head mean-ablated at every position; base {_rows(self.importance['base'])}, candidate "
                      f"{_rows(self.importance['candidate'])})")
         lines.append(f"  CMAP (candidate's circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
                      f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}.."
@@ -212,22 +214,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
                    for g in GROUPS if g in disc_base.scores.steps and g in disc_cand.scores.steps}
     importance = {role: _importance(m, data, means[m], hits, batch_size)
                   for role, m, hits in (("base", base, base_hits), ("candidate", candidate, cand_hits))}
-    importance_r = _pearson(torch.tensor(importance["base"]), torch.tensor(importance["candidate"]))
-    t = thresholds
-    checks = []
-    notes = []
-    if base_faith is not None and base_faith.value >= t.faithfulness:
-        checks.append(("faithfulness", float("nan") if faith is None else faith.value, t.faithfulness))
-        checks.append((f"{t.group} overlap", overlap[t.group].of_base, t.overlap))
-    else:
-        notes.append(f"faithfulness and {t.group} overlap not checked: the base's discovered circuit explains only "
-                     f"{0.0 if base_faith is None else base_faith.value:.2f} of the base (< {t.faithfulness:.2f})")
-    checks += [
-        ("head-importance correlation", importance_r, t.importance),
-        ("candidate accuracy", float(cand_hits.mean()), 1 / n_boxes + t.accuracy_over_chance),
-    ]
-    checks = tuple((name, value, bound, bool(np.isfinite(value) and value >= bound)) for name, value, bound in checks)
-    return Comparison(
+    importance_r = _within_layer_pearson(torch.tensor(importance["base"]), torch.tensor(importance["candidate"]))
+    measured = Comparison(
         base=base.name, candidate=candidate.name, n_prompts=len(data), n_boxes=n_boxes, seed=seed,
         base_accuracy=_mean("accuracy", base_hits, seed, model=base.name),
         candidate_accuracy=_mean("accuracy", cand_hits, seed, model=candidate.name),
@@ -237,8 +225,29 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         cmap_accuracy=_mean("cmap_accuracy", cmap_hits, seed, donor=candidate.name, model=base.name),
         cmap_gain=_difference("cmap_gain", cmap_hits, base_hits, seed),
         importance=importance, importance_correlation=importance_r,
-        thresholds=thresholds, checks=checks, notes=tuple(notes), sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
+        thresholds=thresholds, sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
     )
+    return judge(measured, thresholds)
+
+
+def judge(comparison: Comparison, thresholds: Thresholds) -> Comparison:
+    """The same measurements judged against other thresholds (no model is run)."""
+    t, c = thresholds, comparison
+    checks, notes = [], []
+    if c.base_faithfulness is not None and c.base_faithfulness.value >= t.faithfulness:
+        checks.append(("faithfulness", float("nan") if c.faithfulness is None else c.faithfulness.value,
+                       t.faithfulness))
+        checks.append((f"{t.group} overlap", c.overlap[t.group].of_base, t.overlap))
+    else:
+        explained = 0.0 if c.base_faithfulness is None else c.base_faithfulness.value
+        notes.append(f"faithfulness and {t.group} overlap not checked: the base's discovered circuit explains only "
+                     f"{explained:.2f} of the base (< {t.faithfulness:.2f})")
+    checks += [
+        ("head-importance correlation", c.importance_correlation, t.importance),
+        ("candidate accuracy", c.candidate_accuracy.value, 1 / c.n_boxes + t.accuracy_over_chance),
+    ]
+    checks = tuple((name, value, bound, bool(np.isfinite(value) and value >= bound)) for name, value, bound in checks)
+    return replace(comparison, thresholds=thresholds, checks=checks, notes=tuple(notes))
 
 
 # --- internals -------------------------------------------------------------------------------------
@@ -269,6 +278,11 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x - x.mean(), y - y.mean()
     denom = float(x.norm() * y.norm())
     return float((x @ y) / denom) if denom > 0 else float("nan")
+
+
+def _within_layer_pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson r of two (layers, heads) matrices after removing each layer's mean from both."""
+    return _pearson(x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True))
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
