@@ -173,17 +173,13 @@ def gate(pytester, cache_dir, base: Path, candidate: Path):
 def test_gate_is_skipped_without_base_and_candidate(pytester, cache_dir):
     shutil.copy(GATE, pytester.path / GATE.name)
     result = run(pytester, cache_dir, "-rs")
-    result.assert_outcomes(skipped=2)
+    result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*model 'candidate' is not configured: pass --mechtest-model candidate=PATH*"])
 
 
 def test_gate_planted_b_does_not_keep_the_planted_mechanism(pytester, cache_dir):
     result = gate(pytester, cache_dir, PLANTED, PLANTED_B)
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        "*claim 'candidate-keeps-base-circuit' on model 'candidate' (faithfulness) does not hold",
-        "*measured:  0.000",
-    ])
+    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*claim 'candidate-preserves-base-mechanism' on model 'candidate' (verdict) does not hold",
         "*measured:  not preserved",
@@ -193,7 +189,7 @@ def test_gate_planted_b_does_not_keep_the_planted_mechanism(pytester, cache_dir)
 
 
 def test_gate_passes_when_the_candidate_is_the_base(pytester, cache_dir):
-    gate(pytester, cache_dir, PLANTED, PLANTED).assert_outcomes(passed=2)
+    gate(pytester, cache_dir, PLANTED, PLANTED).assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("candidate, passes", [("zoo-finetuned", True), ("zoo-other", False)])
@@ -206,7 +202,7 @@ def test_gate_on_the_trained_zoo(pytester, candidate, passes):
                                           "--mechtest-model", f"base={zoo['zoo-base']}",
                                           "--mechtest-model", f"candidate={zoo[candidate]}")
     if passes:
-        result.assert_outcomes(passed=2)
+        result.assert_outcomes(passed=1)
     else:
         result.stdout.fnmatch_lines(["*NOT PRESERVED - candidate does not keep the base circuit*"])
         assert result.ret == pytest.ExitCode.TESTS_FAILED
