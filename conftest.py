@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 
-# The tiny fixture models run fastest on one thread per process (and xdist workers share 2 cores);
-# set before torch is first imported by a test module.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+from hypothesis import settings
 
-try:
-    from mechtest.tasks.strategies import register_profiles
-except ImportError:  # the strategies module is optional while developing
-    register_profiles = None
+from mechtest.tasks.strategies import register_profiles
 
-if register_profiles is not None:
-    register_profiles()
-    from hypothesis import settings
+register_profiles()
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+def pytest_configure(config):
+    # The tiny fixture models run fastest on one thread per process (thread start-up costs more than their
+    # matrix products gain), and pytest-xdist workers share the machine's cores.
+    import torch
+
+    torch.set_num_threads(1)

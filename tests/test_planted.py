@@ -26,16 +26,6 @@ N_PER_BOX_COUNT = 42   # 6 contexts x 7 queries at 7 boxes
 N_ABLATE = 28          # 4 contexts, every box queried
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster on oversubscribed CI cores
-    (OpenMP workers spinning on busy cores made the ablation test ~7x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=planted.VARIANTS)
 def variant(request):
     return request.param
