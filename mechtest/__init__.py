@@ -28,6 +28,10 @@ _LAZY = {
     "MechtestSession": "mechtest.session",
     "HeadSnapshotExtension": "mechtest.snapshots",
     "ClaimResult": "mechtest.report",
+    **dict.fromkeys(["dcm", "functionality_patching", "DCMResult"], "mechtest.methods.dcm"),
+    "cmap": "mechtest.methods.cmap",
+    **dict.fromkeys(["attention_knockout", "KnockoutCurve"], "mechtest.methods.knockout"),
+    **dict.fromkeys(["compare", "Comparison"], "mechtest.methods.compare"),
     "Measurement": "mechtest.stats",
     "ActivationCache": "mechtest.cache",
 }

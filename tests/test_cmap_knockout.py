@@ -28,14 +28,6 @@ CIRCUIT = json.loads((ROOT / "fixtures" / "circuits" / "planted.json").read_text
 pytestmark = pytest.mark.skipif(not (ZOO / "planted").is_dir(), reason="fixtures/zoo/planted is not built")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def planted():
     return load_model(ZOO / "planted")

@@ -21,14 +21,6 @@ ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
 FAST = dict(n_prompts=49, n_boxes=7, seed=0, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _load(name):
     if not (ZOO / name).is_dir():
         pytest.skip(f"fixtures/zoo/{name} is not built")

@@ -27,15 +27,6 @@ SMALL = dict(n_boxes=7, n_train=64, n_val=32, n_test=32, batch_size=16, progress
 pytestmark = pytest.mark.skipif(not (ZOO / "planted").is_dir(), reason="fixtures/zoo/planted is not built")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run faster on one thread than on two shared ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def planted():
     return load_model(ZOO / "planted")

@@ -13,6 +13,8 @@ EXPECTED = {
     "random_circuit", "path_patching", "PathPatchingResult", "discover_circuit", "Discovery", "accuracy",
     "faithfulness", "completeness", "random_circuit_faithfulness", "minimality", "Measurement", "ActivationCache",
     "Claim", "Expectation", "load_claims", "MechtestSession", "HeadSnapshotExtension", "ClaimResult",
+    "dcm", "functionality_patching", "DCMResult", "cmap", "attention_knockout", "KnockoutCurve", "compare",
+    "Comparison",
 }
 
 

@@ -232,7 +232,6 @@ def _source_values(model, heads: Sequence[Head], group: str, pairs, batch_size: 
     """Source head outputs at the source's own group position: (n, len(heads), head_dim), clean forward."""
     positions = node_positions(pairs.source, group)
     layers = _layers(heads)
-    index = {l: [h for (ll, h) in heads if ll == l] for l in layers}
     chunks = []
     for start in range(0, len(pairs), batch_size):
         sl = slice(start, min(start + batch_size, len(pairs)))
