@@ -192,17 +192,22 @@ def _module_for(model, site: str) -> str:
     return arch.fused_qkv
 
 
+def _apply(fns: list[EditFn], view: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Run edit functions in order; report whether any replaced the activation."""
+    changed = False
+    for fn in fns:
+        out = fn(view)
+        if out is not None:
+            view, changed = out, True
+    return view, changed
+
+
 def _head_out_hook(model, fns: list[EditFn]):
     n, d = model.n_heads, model.head_dim
 
     def pre_hook(module, args):
         x = args[0]
-        view = x.view(*x.shape[:-1], n, d)
-        changed = False
-        for fn in fns:
-            out = fn(view)
-            if out is not None:
-                view, changed = out, True
+        view, changed = _apply(fns, x.view(*x.shape[:-1], n, d))
         return ((view.reshape(x.shape),) + tuple(args[1:])) if changed else None
 
     return pre_hook
@@ -215,12 +220,7 @@ def _qkv_hook(model, site_fns: dict[str, list[EditFn]]):
         n = n_heads_at(model, site)
 
         def hook(module, args, output):
-            view = output.view(*output.shape[:-1], n, d)
-            changed = False
-            for fn in fns:
-                out = fn(view)
-                if out is not None:
-                    view, changed = out, True
+            view, changed = _apply(fns, output.view(*output.shape[:-1], n, d))
             return view.reshape(output.shape) if changed else None
 
         return hook
@@ -233,10 +233,8 @@ def _qkv_hook(model, site_fns: dict[str, list[EditFn]]):
             parts = list(output.view(*output.shape[:-1], model.n_heads, 3 * d).split(d, dim=-1))
         changed = False
         for i, site in enumerate(("q", "k", "v")):
-            for fn in site_fns.get(site, ()):
-                out = fn(parts[i])
-                if out is not None:
-                    parts[i], changed = out, True
+            parts[i], edited = _apply(site_fns.get(site, []), parts[i])
+            changed = changed or edited
         if not changed:
             return None
         if arch.fused_layout == "blocks":

@@ -297,13 +297,13 @@ def _stop_forward(x):
 def _senders_per_chunk(model, step: Step, n_e: int, p: int, s: int, max_rows: int, budget: int) -> int:
     """Senders per forward pass: at most ``max_rows`` rows, and attention scores and logits within ``budget``.
 
-    With receivers, packing n_s senders makes each block attend to p + n_s * s keys instead of p + s: about
-    as many packed keys as prefix keys (at least 8 senders, to amortise a forward pass) balances that
-    waste against the per-pass overhead.
+    With receivers, packing n_s senders makes each block attend to p + n_s * s keys instead of p + s. About
+    as many packed keys as prefix keys bounds that waste, but each pass should also carry enough tokens
+    (~2,048) to amortise its fixed cost; the larger of the two wins.
     """
     n_s = max(1, max_rows // n_e)
     if step.receivers:
-        n_s = min(n_s, max(8, -(-p // s)))
+        n_s = min(n_s, max(-(-p // s), -(-2048 // (n_e * s))))
     while n_s > 1:
         logits = n_e * n_s * model.vocab_size * 4 * 2
         scores = n_e * model.n_heads * (n_s * s) * (p + n_s * s) * 4 * 3 if step.receivers else 0
