@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import random
+from contextlib import contextmanager
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ import torch
 
 from mechtest.errors import MechtestError
 from mechtest.forward import _accepts_logits_to_keep, _progress
-from mechtest.heads import check_heads, hooked, kv_head_of, masked_replace, n_heads_at, record, run_and_read
+from mechtest.heads import _get, check_heads, hooked, kv_head_of, masked_replace, n_heads_at, record, run_and_read
 
 POSITIONS = ("last", "query_label", "query_context")
 
@@ -142,6 +143,7 @@ class _BatchContext:
     corrupt_at: torch.Tensor   # (layers, b, heads, dim) corrupt head outputs at P_corr
     p_clean: torch.Tensor      # (b,) probability of the answer in the clean run
     kv: list | None            # clean run's per-layer (key, value), each (b, kv_heads, seq, dim)
+    resid: torch.Tensor | None = None  # (layers, b, seq, d_model) clean input of each layer
 
     @classmethod
     def build(cls, model, base, corrupt, sl, p_start, p_corr, step, need_kv):
@@ -150,8 +152,9 @@ class _BatchContext:
         store: dict = {}
         edits = {("head_out", l): record(store, l) for l in range(model.n_layers)}
         with torch.no_grad(), hooked(model, edits):
-            out = model.hf(input_ids=ids, use_cache=need_kv)
+            out = model.hf(input_ids=ids, use_cache=need_kv, output_hidden_states=need_kv)
         clean = torch.stack([store[l] for l in range(model.n_layers)])
+        resid = torch.stack(out.hidden_states[:model.n_layers]) if need_kv else None
         rows = torch.arange(b, device=model.device)
         last = base.last_pos[sl].to(model.device)
         answers = base.answer_ids[sl].to(model.device)
@@ -160,7 +163,7 @@ class _BatchContext:
         p_corr = p_corr.to(model.device)
         corrupt_at = torch.stack([corrupt_acts[("head_out", l)][rows, p_corr] for l in range(model.n_layers)])
         kv = _cache_tensors(_output_cache(out)) if need_kv else None
-        return cls(ids, answers, last, p_start.to(model.device), clean, corrupt_at, probs, kv)
+        return cls(ids, answers, last, p_start.to(model.device), clean, corrupt_at, probs, kv, resid)
 
 
 # --- naive reference: one full forward (or two) per sender ------------------------------------------
@@ -236,8 +239,9 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
         edits[(step.receiver_site, l)] = record(recorded, l)
     if layers:  # nothing above the last receiver matters in run A: stop the forward pass there
         edits[(step.receiver_site, layers[-1])] = [record(recorded, layers[-1]), _stop_forward]
+    first = min(l for l, _ in senders)
     try:
-        with torch.no_grad(), hooked(model, edits):
+        with torch.no_grad(), hooked(model, edits), _start_at_layer(model, first, ctx.resid[first, ex_rows, p][:, None]):
             out = model.hf(input_ids=token, position_ids=position, use_cache=False)
     except _StopForward:
         pass
@@ -276,7 +280,9 @@ def _run_b(model, ctx: _BatchContext, step: Step, recorded: dict, ex, p: int, la
     cache = _make_cache([(k[ex, :, :p], v[ex, :, :p]) for k, v in ctx.kv])
     keep = starts + (last - p)
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    with torch.no_grad(), hooked(model, b_edits):
+    first = min(l for l, _ in step.receivers)
+    start = ctx.resid[first][ex, p:last + 1].repeat(1, n_s, 1)
+    with torch.no_grad(), hooked(model, b_edits), _start_at_layer(model, first, start):
         out = model.hf(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
                        **{_cache_kwarg(model): cache}, **kwargs)
     logits = out.logits if kwargs else out.logits[:, keep]
@@ -285,6 +291,34 @@ def _run_b(model, ctx: _BatchContext, step: Step, recorded: dict, ex, p: int, la
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+@contextmanager
+def _start_at_layer(model, layer: int, hidden: torch.Tensor):
+    """Run only layers >= ``layer``, feeding ``hidden`` (the clean input of that layer) to the first.
+
+    Exact when nothing below ``layer`` differs from the clean run at the positions computed: a sender
+    changes nothing below its own layer, and run B nothing below its lowest receiver.
+    """
+    if layer == 0:
+        yield
+        return
+    parent_path, _, name = model.arch.layers.rpartition(".")
+    parent = _get(model.hf, parent_path)
+    layers = getattr(parent, name)
+
+    def feed(module, args, kwargs):
+        if args:
+            return (hidden.to(args[0].dtype),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden.to(kwargs["hidden_states"].dtype)}
+
+    handle = layers[layer].register_forward_pre_hook(feed, with_kwargs=True)
+    setattr(parent, name, torch.nn.ModuleList(list(layers)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, layers)
+        handle.remove()
+
 
 class _StopForward(Exception):
     """Raised from a hook to end a forward pass whose remaining layers cannot matter."""
