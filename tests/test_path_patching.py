@@ -24,6 +24,8 @@ STEPS = [
     Step("pos_transmitter", "last", ((2, 1), (2, 3)), "q"),
     Step("pos_detector", "query_label", ((1, 0), (2, 2)), "v"),
     Step("struct_reader", "query_context", ((1, 1), (2, 0)), "v"),
+    # a receiver below some senders: those senders' run A starts above it
+    Step("pos_transmitter", "last", ((0, 1), (2, 3)), "q"),
 ]
 
 

@@ -274,13 +274,16 @@ def _run_b(model, ctx: _BatchContext, step: Step, recorded: dict, ex, p: int, la
 
     starts = torch.arange(n_s, device=device) * s
     b_edits = {}
-    for l, heads in _receivers_by_layer(model, step).items():
+    # receivers below every sender of the chunk were not run in run A: their q/v are the clean ones,
+    # which is what run B computes for them anyway
+    patched = {l: heads for l, heads in _receivers_by_layer(model, step).items() if l in recorded}
+    for l, heads in patched.items():
         values = recorded[l][:, 0][:, heads].reshape(n_s, n_e, len(heads), -1).transpose(0, 1)
         b_edits[(step.receiver_site, l)] = _set_blocks(heads, starts, values)
     cache = _make_cache([(k[ex, :, :p], v[ex, :, :p]) for k, v in ctx.kv])
     keep = starts + (last - p)
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    first = min(l for l, _ in step.receivers)
+    first = min(patched)
     start = ctx.resid[first][ex, p:last + 1].repeat(1, n_s, 1)
     with torch.no_grad(), hooked(model, b_edits), _start_at_layer(model, first, start):
         out = model.hf(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
