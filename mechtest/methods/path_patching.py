@@ -254,43 +254,58 @@ def _fast_chunk(model, ctx: _BatchContext, step: Step, senders, ex: torch.Tensor
 
 
 def _run_b(model, ctx: _BatchContext, step: Step, recorded: dict, ex, p: int, last: int, n_s: int) -> torch.Tensor:
-    """Run B for n_s senders at once, packed on the sequence axis of each example.
+    """Run B for n_s senders at once: positions p..last on top of each example's clean key/value prefix.
 
-    Each example's positions p..last are repeated n_s times (block i = sender i), on top of the clean
-    key/value prefix of that example; a 4D mask lets every block see the prefix and, causally, only
-    itself. So the prefix is never copied per sender, and each block computes exactly the suffix of a
-    separate run B whose receivers read sender i's q/v at p.
+    Short suffixes are packed on the sequence axis: each example's positions are repeated n_s times
+    (block i = sender i) over ONE copy of its prefix, and a 4D mask lets every block see the prefix and,
+    causally, only itself. Long suffixes (longer than the prefix) would make that mask's wasted attention
+    dominate, so there each (sender, example) is its own row over a copied prefix. Either way each block
+    or row computes exactly the suffix of a separate run B whose receivers read sender i's q/v at p.
     """
     n_e, s = len(ex), last - p + 1
-    q_len = n_s * s
     device = ctx.ids.device
-    ids = ctx.ids[ex, p:last + 1].repeat(1, n_s)
-    positions = torch.arange(p, last + 1, device=device).repeat(n_s)[None].expand(n_e, -1)
-    qi = torch.arange(q_len, device=device)
-    own_block = (qi[:, None] // s == qi[None, :] // s) & (qi[None, :] <= qi[:, None])
-    allowed = torch.cat([torch.ones(q_len, p, dtype=torch.bool, device=device), own_block], dim=1)
-    mask = torch.zeros(allowed.shape, dtype=model.dtype, device=device)
-    mask = mask.masked_fill(~allowed, torch.finfo(model.dtype).min)[None, None].expand(n_e, 1, -1, -1)
-
-    starts = torch.arange(n_s, device=device) * s
-    b_edits = {}
     # receivers below every sender of the chunk were not run in run A: their q/v are the clean ones,
     # which is what run B computes for them anyway
     patched = {l: heads for l, heads in _receivers_by_layer(model, step).items() if l in recorded}
-    for l, heads in patched.items():
-        values = recorded[l][:, 0][:, heads].reshape(n_s, n_e, len(heads), -1).transpose(0, 1)
-        b_edits[(step.receiver_site, l)] = _set_blocks(heads, starts, values)
-    cache = _make_cache([(k[ex, :, :p], v[ex, :, :p]) for k, v in ctx.kv])
-    keep = starts + (last - p)
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     first = min(patched)
-    start = ctx.resid[first][ex, p:last + 1].repeat(1, n_s, 1)
-    with torch.no_grad(), hooked(model, b_edits), _start_at_layer(model, first, start):
+    if _packed(p, s):
+        starts = torch.arange(n_s, device=device) * s
+        ids = ctx.ids[ex, p:last + 1].repeat(1, n_s)
+        positions = torch.arange(p, last + 1, device=device).repeat(n_s)[None].expand(n_e, -1)
+        qi = torch.arange(n_s * s, device=device)
+        own_block = (qi[:, None] // s == qi[None, :] // s) & (qi[None, :] <= qi[:, None])
+        allowed = torch.cat([torch.ones(n_s * s, p, dtype=torch.bool, device=device), own_block], dim=1)
+        mask = torch.zeros(allowed.shape, dtype=model.dtype, device=device)
+        mask = mask.masked_fill(~allowed, torch.finfo(model.dtype).min)[None, None].expand(n_e, 1, -1, -1)
+        rows, keep = ex, starts + (last - p)
+        hidden = ctx.resid[first][ex, p:last + 1].repeat(1, n_s, 1)
+
+        def values(l, heads):  # recorded rows are sender-major: (n_s * n_e) -> (n_e, n_s)
+            return recorded[l][:, 0][:, heads].reshape(n_s, n_e, len(heads), -1).transpose(0, 1)
+    else:
+        starts = torch.zeros(1, dtype=torch.long, device=device)
+        rows = ex.repeat(n_s)
+        ids = ctx.ids[rows, p:last + 1]
+        positions = torch.arange(p, last + 1, device=device)[None].expand(len(rows), -1)
+        mask, keep = None, starts + (last - p)
+        hidden = ctx.resid[first][rows, p:last + 1]
+
+        def values(l, heads):
+            return recorded[l][:, 0][:, heads][:, None]
+
+    b_edits = {(step.receiver_site, l): _set_blocks(heads, starts, values(l, heads)) for l, heads in patched.items()}
+    cache = _make_cache([(k[rows, :, :p], v[rows, :, :p]) for k, v in ctx.kv])
+    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    with torch.no_grad(), hooked(model, b_edits), _start_at_layer(model, first, hidden):
         out = model.hf(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
                        **{_cache_kwarg(model): cache}, **kwargs)
-    logits = out.logits if kwargs else out.logits[:, keep]
-    prob = logits.float().softmax(-1).gather(-1, ctx.answers[ex][:, None, None].expand(-1, n_s, 1))[..., 0]
-    return prob.transpose(0, 1)  # (n_s, n_e)
+    logits = (out.logits if kwargs else out.logits[:, keep]).float()
+    prob = logits.softmax(-1).gather(-1, ctx.answers[rows][:, None, None].expand(-1, logits.shape[1], 1))[..., 0]
+    return prob.transpose(0, 1) if _packed(p, s) else prob.view(n_s, n_e)
+
+
+def _packed(p: int, s: int) -> bool:
+    return s <= p
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -332,19 +347,26 @@ def _stop_forward(x):
 
 
 def _senders_per_chunk(model, step: Step, n_e: int, p: int, s: int, max_rows: int, budget: int) -> int:
-    """Senders per forward pass: at most ``max_rows`` rows, and attention scores and logits within ``budget``.
+    """Senders per forward pass: at most ``max_rows`` rows, and attention scores, copies and logits within ``budget``.
 
-    With receivers, packing n_s senders makes each block attend to p + n_s * s keys instead of p + s. About
-    as many packed keys as prefix keys bounds that waste, but each pass should also carry enough tokens
-    (~2,048) to amortise its fixed cost; the larger of the two wins.
+    Packed, n_s senders make each block attend to p + n_s * s keys instead of p + s. About as many packed
+    keys as prefix keys bounds that waste, but each pass should also carry enough tokens (~2,048) to
+    amortise its fixed cost; the larger of the two wins.
     """
     n_s = max(1, max_rows // n_e)
-    if step.receivers:
+    packed = step.receivers and _packed(p, s)
+    if packed:
         n_s = min(n_s, max(-(-p // s), -(-2048 // (n_e * s))))
+    element = torch.finfo(model.dtype).bits // 8
     while n_s > 1:
         logits = n_e * n_s * model.vocab_size * 4 * 2
-        scores = n_e * model.n_heads * (n_s * s) * (p + n_s * s) * 4 * 3 if step.receivers else 0
-        if logits + scores <= budget:
+        if packed:
+            work = n_e * model.n_heads * (n_s * s) * (p + n_s * s) * 4 * 3  # attention scores
+        elif step.receivers:  # the copied prefix, once when built and once when the suffix is appended
+            work = n_e * n_s * 2 * 2 * model.n_layers * model.n_kv_heads * (p + s) * model.head_dim * element
+        else:
+            work = 0
+        if logits + work <= budget:
             break
         n_s //= 2
     return n_s
