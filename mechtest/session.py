@@ -257,12 +257,15 @@ class MechtestSession:
         return self._memoised(("means", model.name, len(ref), ref.n_boxes, seed),
                               lambda: ablation_means(model, ref, cache=self.cache))
 
+    def _circuit_inputs(self, model, circuit, n, n_boxes, seed):
+        """The loaded model, the circuit, the prompts and the mean-ablation prompts a circuit metric needs."""
+        model = self.model(model)
+        return (model, self.circuit(circuit), self.dataset(model, n=n, n_boxes=n_boxes, seed=seed),
+                self.reference(model, n=n, n_boxes=n_boxes, seed=seed))
+
     def faithfulness(self, model, *, circuit, n: int | None = None, seed: int = 0, n_boxes: int | None = None):
         """Circuit accuracy / model accuracy under mean ablation, with a bootstrap interval."""
-        model = self.model(model)
-        circ = self.circuit(circuit)
-        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
-        ref = self.reference(model, n=n, n_boxes=n_boxes, seed=seed)
+        model, circ, data, ref = self._circuit_inputs(model, circuit, n, n_boxes, seed)
 
         def compute():
             from mechtest.methods.evaluation import faithfulness
@@ -275,10 +278,7 @@ class MechtestSession:
     def random_circuit_faithfulness(self, model, *, circuit, n_draws: int = 10, n: int | None = None,
                                     seed: int = 0, n_boxes: int | None = None):
         """Mean faithfulness of random circuits with the circuit's group sizes."""
-        model = self.model(model)
-        circ = self.circuit(circuit)
-        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
-        ref = self.reference(model, n=n, n_boxes=n_boxes, seed=seed)
+        model, circ, data, ref = self._circuit_inputs(model, circuit, n, n_boxes, seed)
 
         def compute():
             from mechtest.methods.evaluation import random_circuit_faithfulness
@@ -291,10 +291,7 @@ class MechtestSession:
 
     def completeness(self, model, *, circuit, mode: str = "random", n_draws: int = 10, n: int | None = None,
                      seed: int = 0, n_boxes: int | None = None):
-        model = self.model(model)
-        circ = self.circuit(circuit)
-        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
-        ref = self.reference(model, n=n, n_boxes=n_boxes, seed=seed)
+        model, circ, data, ref = self._circuit_inputs(model, circuit, n, n_boxes, seed)
 
         def compute():
             from mechtest.methods.evaluation import completeness
