@@ -18,7 +18,7 @@ import pytest
 from mechtest.claims import Claim, load_claims
 from mechtest.errors import ClaimError, MechtestError
 from mechtest.report import ClaimResult, json_report, provenance, summary_lines, write_json
-from mechtest.session import MechtestSession, ModelSpec, Settings, parse_model_option, zoo_models
+from mechtest.session import MechtestSession, ModelSpec, Settings, parse_model_option
 
 SESSION_KEY = pytest.StashKey[MechtestSession]()
 DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
@@ -70,8 +70,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def _settings(config: pytest.Config) -> Settings:
     root = config.rootpath
     models: dict[str, ModelSpec] = {}
-    for name, path in zoo_models().items():
-        models[name] = ModelSpec(name, str(path), "zoo")
     for line in config.getini("mechtest_models"):
         try:
             name, path = parse_model_option(line)

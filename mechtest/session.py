@@ -21,25 +21,13 @@ from mechtest.report import ClaimResult, safe_name
 DEFAULT_API_PROMPTS = 100
 DEFAULT_DISCOVERY_PROMPTS = 300
 DEFAULT_N_BOXES = 7
-ZOO = {"zoo-base": "base", "zoo-finetuned": "finetuned", "zoo-other": "other", "zoo-planted": "planted",
-       "zoo-planted-b": "planted-b"}
-
-
-def zoo_dir() -> Path:
-    """``fixtures/zoo`` of the source checkout mechtest runs from (absent in a wheel install)."""
-    return Path(__file__).resolve().parent.parent / "fixtures" / "zoo"
-
-
-def zoo_models() -> dict[str, Path]:
-    root = zoo_dir()
-    return {name: root / folder for name, folder in ZOO.items() if (root / folder / "config.json").is_file()}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     path: str
-    source: str  # "--mechtest-model", "ini mechtest_models", "zoo"
+    source: str  # "--mechtest-model", "ini mechtest_models"
 
 
 @dataclass
@@ -87,10 +75,7 @@ class MechtestSession:
         return name in self.settings.models
 
     def skip_reason(self, name: str) -> str:
-        hint = ""
-        if name in ZOO:
-            hint = f" (the zoo checkpoint fixtures/zoo/{ZOO[name]} is not built)"
-        return f"model {name!r} is not configured{hint}: pass --mechtest-model {name}=PATH"
+        return f"model {name!r} is not configured: pass --mechtest-model {name}=PATH"
 
     def model(self, model):
         """The loaded model called ``name`` (loaded once); a test asking for an absent model is skipped."""

@@ -22,7 +22,7 @@ from mechtest.tasks.entity_tracking import (
     path_patching_corruption,
     usable_vocabulary,
 )
-from mechtest.zoo.vocab import build_tokenizer
+from tools.zoo.vocab import build_tokenizer
 from tokenizers_for_tests import assert_layout, paper_prompt, token_id
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from zoo_models import ZOO_MODELS
+
 from mechtest.report import ClaimResult
-from mechtest.session import zoo_models
 
 pytest_plugins = ["pytester"]
 
@@ -48,7 +49,7 @@ def esc(path) -> str:
 
 def run(pytester, cache_dir, *args):
     return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7",
-                                        "--mechtest-cache-dir", str(cache_dir), *args)
+                                        f"--mechtest-cache-dir={cache_dir}", *args)
 
 
 CLAIMS = f"""
@@ -194,9 +195,7 @@ def test_gate_passes_when_the_candidate_is_the_base(pytester, cache_dir):
 
 @pytest.mark.parametrize("candidate, passes", [("zoo-finetuned", True), ("zoo-other", False)])
 def test_gate_on_the_trained_zoo(pytester, candidate, passes):
-    zoo = zoo_models()
-    if "zoo-base" not in zoo or candidate not in zoo:
-        pytest.skip(f"zoo-base or {candidate} is not built in fixtures/zoo")
+    zoo = ZOO_MODELS
     shutil.copy(GATE, pytester.path / GATE.name)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "70",
                                           "--mechtest-model", f"base={zoo['zoo-base']}",
@@ -246,7 +245,7 @@ def test_path_patching_snapshot_claim(pytester, cache_dir):
     assert json.loads(snap.read_text())["steps"]["value_fetcher"]["values"][3][1] < -0.9
 
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "14", "-rs",
-                                          "--mechtest-cache-dir", str(cache_dir))
+                                          f"--mechtest-cache-dir={cache_dir}")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*recorded with n_prompts=7*this run uses n_prompts=14*not comparable*"])
 
@@ -279,10 +278,10 @@ def test_xdist_gives_the_same_json_and_computes_each_activation_once(pytester, t
     pytester.makefile(".toml", claims=XDIST_CLAIMS)
     serial_cache, parallel_cache = tmp_path / "serial", tmp_path / "parallel"
     serial = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7", "-n", "0",
-                                          "--mechtest-cache-dir", str(serial_cache), "--mechtest-json", "serial.json")
+                                          f"--mechtest-cache-dir={serial_cache}", "--mechtest-json", "serial.json")
     serial.assert_outcomes(passed=4, failed=1)
     parallel = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7", "-n", "2",
-                                             "--mechtest-cache-dir", str(parallel_cache),
+                                             f"--mechtest-cache-dir={parallel_cache}",
                                              "--mechtest-json", "parallel.json")
     parallel.assert_outcomes(passed=4, failed=1)
     parallel.stdout.fnmatch_lines(["*= mechtest claims =*", "4 of 5 claims hold"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mechtest.zoo.vocab import build_tokenizer, vocabulary
+from tools.zoo.vocab import build_tokenizer, vocabulary
 
 V = len(vocabulary())
 

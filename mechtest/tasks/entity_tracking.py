@@ -145,6 +145,15 @@ class CounterfactualPairs:
 # vocabulary
 
 
+def object_names() -> list[str]:
+    """The shipped object list (the paper's objects.csv), in file order."""
+    import csv
+    from importlib import resources
+
+    with resources.files("mechtest.data").joinpath("objects.csv").open(newline="") as f:
+        return [row["object_name"] for row in csv.DictReader(f)]
+
+
 def usable_vocabulary(tokenizer, objects=None, labels=None) -> Vocabulary:
     """Keep the objects and labels that are exactly one token (not unk) wherever the prompts place them.
 
@@ -157,8 +166,6 @@ def usable_vocabulary(tokenizer, objects=None, labels=None) -> Vocabulary:
     """
     strict_objects, strict_labels = objects is not None, labels is not None
     if objects is None:
-        from mechtest.zoo.vocab import object_names
-
         objects = object_names()
     objects = _words(objects, "object")
     labels = _words(DEFAULT_LABELS if labels is None else labels, "label")
