@@ -32,7 +32,7 @@ _LAZY = {
     "cmap": "mechtest.methods.cmap",
     **dict.fromkeys(["attention_knockout", "KnockoutCurve"], "mechtest.methods.knockout"),
     **dict.fromkeys(["compare", "Comparison"], "mechtest.methods.compare"),
-    "Measurement": "mechtest.stats",
+    "Measurement": "mechtest.measure",
     "ActivationCache": "mechtest.cache",
 }
 

@@ -27,22 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechtest import spec
 from mechtest.errors import CircuitError, ClaimError
+from mechtest.spec import GROUPS, KNOCKOUT_EDGES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
-# mirrors mechtest.tasks.entity_tracking (kept here so validating a claim file does not import torch)
-DESIDERATA = ("positional", "object_value", "box_label_value", "random_text_start", "random_text_end",
-              "add_tokens_btw_box_and_obj", "add_seg_start", "add_seg_end", "add_box_before_correct_segment",
-              "incorrect_segment", "altered_box_obj_order", "altered_box_obj_association", "no_comma", "add_comma")
+DESIDERATA = spec.DESIDERATA + spec.ADDITIONAL_DESIDERATA
 DCM_QUANTITIES = ("accuracy", "selected_fraction")
-# mirrors mechtest.methods.knockout.EDGES
-KNOCKOUT_EDGES = ("last->object", "last->query_label", "query_label->query_context", "last->random",
-                  "query_label->random")
 VERDICTS = ("preserved", "not preserved")
 
 # field -> (python types, description used in errors)

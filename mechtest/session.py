@@ -224,13 +224,11 @@ class MechtestSession:
             import numpy as np
 
             from mechtest.methods.evaluation import circuit_correct
-            from mechtest.stats import Measurement, mean_ci
+            from mechtest.measure import proportion
 
             means = self._means(model, n, n_boxes, seed)
-            hits = np.asarray(circuit_correct(model, circ, data, means), dtype=float)
-            low, high = mean_ci(hits, seed=seed)
-            return Measurement("circuit_accuracy", float(hits.mean()), low, high, len(hits), seed,
-                               {"circuit": circ.name})
+            return proportion("circuit_accuracy", circuit_correct(model, circ, data, means), seed=seed,
+                              circuit=circ.name)
 
         return self._memoised(("circuit_accuracy", model.name, _circuit_key(circ), len(data), data.n_boxes, seed),
                               circuit_accuracy)

@@ -16,9 +16,7 @@ from pathlib import Path
 
 from mechtest.errors import CircuitError
 
-GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
-GROUP_POSITION = {"value_fetcher": "last", "pos_transmitter": "last",
-                  "pos_detector": "query_label", "struct_reader": "query_context"}
+from mechtest.spec import GROUP_POSITION, GROUPS  # noqa: F401  (re-exported: older imports)
 PAPER_CIRCUITS = ("llama", "goat", "float")
 
 Head = tuple[int, int]

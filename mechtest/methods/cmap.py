@@ -25,7 +25,7 @@ from mechtest.forward import dataset_logits
 from mechtest.heads import attention_module, masked_replace, run_and_read
 from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
-from mechtest.stats import Measurement, mean_ci
+from mechtest.measure import Measurement, proportion
 
 TRANSFERS = ("head_output", "head_contribution")
 
@@ -92,11 +92,10 @@ def cmap(model, donor, dataset, *, circuit: Circuit | str | None = None, group: 
     """Accuracy of ``model`` with ``donor``'s head outputs patched in (spec 7), with a bootstrap interval."""
     hits = cmap_correct(model, donor, dataset, circuit=circuit, group=group, transfer=transfer,
                         batch_size=batch_size, progress=progress)
-    low, high = mean_ci(hits, seed=seed)
     what = "all heads" if circuit is None else (load_circuit(circuit).name or "circuit")
     what += f"/{group}" if group else ""
-    return Measurement("cmap_accuracy", float(hits.mean()), low, high, len(hits), seed,
-                       {"model": model.name, "donor": donor.name, "patched": what, "transfer": transfer})
+    return proportion("cmap_accuracy", hits, seed=seed, model=model.name, donor=donor.name, patched=what,
+                      transfer=transfer)
 
 
 # --- internals -------------------------------------------------------------------------------------

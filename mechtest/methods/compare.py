@@ -36,7 +36,7 @@ import torch
 
 from mechtest.methods.circuits import GROUPS, Circuit
 from mechtest.methods.cmap import check_compatible, cmap_correct
-from mechtest.stats import Measurement, bootstrap_ci, mean_ci
+from mechtest.measure import Measurement, difference, proportion, ratio
 
 
 @dataclass(frozen=True)
@@ -200,10 +200,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
             return None
         circ = correct(model, data, batch_size=batch_size,
                        edits_for_batch=ablation_edits(model, data, means[model], keep=base_circuit))
-        low, high = bootstrap_ci([circ, hits], _ratio, seed=seed)
-        return Measurement("faithfulness", float(circ.mean() / hits.mean()), low, high, len(data), seed,
-                           {"model": model.name, "circuit": base_circuit.name, "circuit_accuracy": float(circ.mean()),
-                            "model_accuracy": float(hits.mean())})
+        return ratio("faithfulness", circ, hits, seed=seed, model=model.name, circuit=base_circuit.name,
+                     circuit_accuracy=float(circ.mean()), model_accuracy=float(hits.mean()))
 
     base_faith = faithful(base, base_hits)
     faith = faithful(candidate, cand_hits)
@@ -217,13 +215,13 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     importance_r = _within_layer_pearson(torch.tensor(importance["base"]), torch.tensor(importance["candidate"]))
     measured = Comparison(
         base=base.name, candidate=candidate.name, n_prompts=len(data), n_boxes=n_boxes, seed=seed,
-        base_accuracy=_mean("accuracy", base_hits, seed, model=base.name),
-        candidate_accuracy=_mean("accuracy", cand_hits, seed, model=candidate.name),
-        accuracy_difference=_difference("accuracy_difference", cand_hits, base_hits, seed),
+        base_accuracy=proportion("accuracy", base_hits, seed=seed, model=base.name),
+        candidate_accuracy=proportion("accuracy", cand_hits, seed=seed, model=candidate.name),
+        accuracy_difference=difference("accuracy_difference", cand_hits, base_hits, seed=seed),
         base_circuit=base_circuit, candidate_circuit=cand_circuit, base_faithfulness=base_faith,
         faithfulness=faith, overlap=overlap, correlation=correlation,
-        cmap_accuracy=_mean("cmap_accuracy", cmap_hits, seed, donor=candidate.name, model=base.name),
-        cmap_gain=_difference("cmap_gain", cmap_hits, base_hits, seed),
+        cmap_accuracy=proportion("cmap_accuracy", cmap_hits, seed=seed, donor=candidate.name, model=base.name),
+        cmap_gain=difference("cmap_gain", cmap_hits, base_hits, seed=seed),
         importance=importance, importance_correlation=importance_r,
         thresholds=thresholds, sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
     )
@@ -283,22 +281,6 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 def _within_layer_pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     """Pearson r of two (layers, heads) matrices after removing each layer's mean from both."""
     return _pearson(x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True))
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return a.mean(axis=1) / b.mean(axis=1)
-
-
-def _mean(metric: str, hits: np.ndarray, seed: int, **details) -> Measurement:
-    low, high = mean_ci(hits, seed=seed)
-    return Measurement(metric, float(np.mean(hits)), low, high, len(hits), seed, details)
-
-
-def _difference(metric: str, a: np.ndarray, b: np.ndarray, seed: int) -> Measurement:
-    """mean(a) - mean(b) with a paired bootstrap interval (the same prompts resampled for both)."""
-    low, high = bootstrap_ci([a, b], lambda x, y: x.mean(axis=1) - y.mean(axis=1), seed=seed)
-    return Measurement(metric, float(np.mean(a) - np.mean(b)), low, high, len(a), seed)
 
 
 def _fmt(value: float) -> str:

@@ -12,9 +12,7 @@ from mechtest.methods.circuits import Circuit, candidate_circuit
 from mechtest.methods.evaluation import minimality
 from mechtest.methods.path_patching import PathPatchingResult, path_patching
 
-PAPER_RECEIVERS = {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}
-PAPER_CANDIDATES = {"value_fetcher": 58, "pos_transmitter": 10, "pos_detector": 25, "struct_reader": 5}
-PAPER_HEADS = 32 * 32
+from mechtest.spec import PAPER_CANDIDATES, PAPER_HEADS, PAPER_RECEIVERS, scaled  # noqa: F401
 
 
 @dataclass
@@ -26,10 +24,6 @@ class Discovery:
     n_prompts: int
     seed: int
     minimality: dict | None = None
-
-
-def scaled(counts: dict[str, int], n_heads_total: int) -> dict[str, int]:
-    return {g: max(1, round(k * n_heads_total / PAPER_HEADS)) for g, k in counts.items()}
 
 
 def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int = 0,

@@ -20,24 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from mechtest.errors import TaskError, TokenizerError
+from mechtest.spec import ADDITIONAL_DESIDERATA, DESIDERATA
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LABELS = tuple(string.ascii_uppercase)
-DESIDERATA = ("positional", "object_value", "box_label_value")
-ADDITIONAL_DESIDERATA = (
-    "random_text_start",
-    "random_text_end",
-    "add_tokens_btw_box_and_obj",
-    "add_seg_start",
-    "add_seg_end",
-    "add_box_before_correct_segment",
-    "incorrect_segment",
-    "altered_box_obj_order",
-    "altered_box_obj_association",
-    "no_comma",
-    "add_comma",
-)
 
 # A word must be one and the same token wherever the template puts it (left context, then what may follow).
 # Only the paper template is probed: a variant of an additional desideratum that tokenizes a word
