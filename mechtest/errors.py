@@ -35,3 +35,11 @@ class CircuitError(MechtestError, ValueError):
 
 class ClaimError(MechtestError, ValueError):
     """A claim file is malformed (unknown metric, bad expect, unknown circuit...)."""
+
+
+class SnapshotError(MechtestError, ValueError):
+    """A snapshot file cannot be read as a head-level snapshot."""
+
+
+class ModelMismatchError(MechtestError, ValueError):
+    """Two models that a method compares head by head differ in shape or tokenizer."""

@@ -1,8 +1,9 @@
 """pytest11 entry point of mechtest: options, claim-file collection, fixtures, reports.
 
-Thin on purpose (syrupy's structure): every hook delegates to one :class:`~mechtest.session.MechtestSession`
-kept in ``config.stash``; xdist support is a separate object registered only when xdist is active, which
-merges the workers' claim results on the controller. Nothing heavy is imported here: torch, transformers and
+Thin on purpose (syrupy's structure): hooks delegate to the façade :class:`~mechtest.api.Mechtest` and a
+:class:`~mechtest.report.RunLog`, both kept in ``config.stash``; claims are measured by
+:func:`~mechtest.runner.run_claim`; xdist support is a separate object registered only when xdist is
+active, which merges the workers' claim results on the controller. Nothing heavy is imported here: torch, transformers and
 matplotlib load only inside the fixtures and items that need them.
 """
 
@@ -15,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
 from mechtest.errors import ClaimError, MechtestError
-from mechtest.report import ClaimResult, json_report, provenance, summary_lines, write_json
-from mechtest.session import MechtestSession, ModelSpec, Settings, parse_model_option
+from mechtest.metrics import get_metric
+from mechtest.model_registry import ModelSpec, Settings, parse_model_option
+from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 
-SESSION_KEY = pytest.StashKey[MechtestSession]()
+SESSION_KEY = pytest.StashKey[Mechtest]()
+LOG_KEY = pytest.StashKey[RunLog]()
 DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
 
 
@@ -58,13 +62,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "mechtest_models(*names, all=False): parametrize the test's mechtest_model argument over these "
                    "configured models (all=True: every configured model); absent models are skipped")
     config.addinivalue_line("markers", "mechtest_claim: an item collected from a mechtest claim file")
-    config.stash[SESSION_KEY] = MechtestSession(_settings(config), rootdir=config.rootpath)
+    config.stash[SESSION_KEY] = Mechtest(_settings(config), rootdir=config.rootpath)
+    config.stash[LOG_KEY] = RunLog()
     if _is_controller(config) and config.getoption("mechtest_clear_cache"):
         from mechtest.cache import ActivationCache
 
         ActivationCache(config.stash[SESSION_KEY].settings.cache_dir).clear()
     if config.pluginmanager.hasplugin("xdist") and _is_controller(config):
-        config.pluginmanager.register(_XdistController(config.stash[SESSION_KEY]), "mechtest-xdist")
+        config.pluginmanager.register(_XdistController(config.stash[LOG_KEY]), "mechtest-xdist")
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -153,24 +158,22 @@ class ClaimItem(pytest.Item):
         self.add_marker(pytest.mark.mechtest_claim)
         self.keywords[claim.metric] = True
 
-    def _session(self) -> MechtestSession:
-        return self.config.stash[SESSION_KEY]
-
     def setup(self) -> None:
-        session = self._session()
-        needed = [self.model_name] + [self.claim.get(k) for k in ("base", "source") if self.claim.get(k)]
-        circuit = self.claim.get("circuit") or ""
-        if circuit.startswith("discovered:"):
-            needed.append(circuit.split(":", 1)[1])
-        for name in needed:
-            if not session.is_configured(name):
-                reason = session.skip_reason(name)
-                session.record_skip(self.claim, self.model_name, self.nodeid, reason)
+        api, log = self.config.stash[SESSION_KEY], self.config.stash[LOG_KEY]
+        for name in [self.model_name, *get_metric(self.claim.metric).models_needed(self.claim.params)]:
+            if not api.is_configured(name):
+                reason = api.models.skip_reason(name)
+                log.record_skip(self.claim, self.model_name, self.nodeid, reason)
                 raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def runtest(self) -> None:
-        result = self._session().evaluate(self.claim, self.model_name, self.nodeid)
+        from mechtest.runner import run_claim
+
+        result, raised = run_claim(self.config.stash[SESSION_KEY], self.claim, self.model_name, self.nodeid)
+        self.config.stash[LOG_KEY].results.append(result)
         self.user_properties.extend(result.properties())
+        if raised is not None:
+            raise raised
         if not result.passed:
             raise ClaimFailed(result)
 
@@ -203,13 +206,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def mechtest(request: pytest.FixtureRequest) -> MechtestSession:
+def mechtest(request: pytest.FixtureRequest) -> Mechtest:
     """Models, datasets, circuits and method results by name, memoised for the session."""
     return request.config.stash[SESSION_KEY]
 
 
 @pytest.fixture
-def mechtest_model(request: pytest.FixtureRequest, mechtest: MechtestSession):
+def mechtest_model(request: pytest.FixtureRequest, mechtest: Mechtest):
     """The loaded model a ``@pytest.mark.mechtest_models(...)`` parameter names (skipped if not configured)."""
     name = getattr(request, "param", None)
     if name is None:
@@ -232,44 +235,45 @@ def head_snapshot(snapshot):
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
-    mt = config.stash.get(SESSION_KEY, None)
-    if mt is None:
+    api, log = config.stash.get(SESSION_KEY, None), config.stash.get(LOG_KEY, None)
+    if api is None or log is None:
         return
+    log.absorb(api)
     if not _is_controller(config):
-        config.workeroutput["mechtest"] = mt.to_worker_output()
+        config.workeroutput["mechtest"] = log.to_worker_output()
         return
     path = config.getoption("mechtest_json")
     if path:
-        data = json_report(mt.results, mt.skipped, provenance(
-            rootdir=config.rootpath, models=mt.fingerprints, seeds=mt.seeds, cache_stats=mt.total_cache_stats(),
-            options={"prompts": mt.settings.prompts, "device": mt.settings.device, "dtype": mt.settings.dtype,
-                     "cache_dir": str(mt.settings.cache_dir)}))
+        data = json_report(log.results, log.skipped, provenance(
+            rootdir=config.rootpath, models=log.models, seeds=log.seeds, cache_stats=log.cache_stats(),
+            options={"prompts": api.settings.prompts, "device": api.settings.device, "dtype": api.settings.dtype,
+                     "cache_dir": str(api.settings.cache_dir)}))
         write_json(Path(path), data)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    mt = config.stash.get(SESSION_KEY, None)
-    if mt is None or not _is_controller(config) or not (mt.results or mt.skipped):
+    log = config.stash.get(LOG_KEY, None)
+    if log is None or not _is_controller(config) or not (log.results or log.skipped):
         return
     terminalreporter.section("mechtest claims")
-    for line in summary_lines(mt.results, mt.skipped):
+    for line in summary_lines(log.results, log.skipped):
         terminalreporter.write_line(line)
     path = config.getoption("mechtest_json")
     if path:
         terminalreporter.write_line(f"JSON report: {os.path.abspath(path)}")
-    maps = sorted(r.heatmap for r in mt.results if r.heatmap and r.heatmap.endswith(".png"))
+    maps = sorted(r.heatmap for r in log.results if r.heatmap and r.heatmap.endswith(".png"))
     if maps:
-        terminalreporter.write_line(f"heat maps: {len(maps)} in {mt.settings.report_dir}")
+        terminalreporter.write_line(f"heat maps: {len(maps)} in {config.stash[SESSION_KEY].settings.report_dir}")
 
 
 class _XdistController:
     """Registered on the xdist controller only: merges each worker's claim results when it finishes."""
 
-    def __init__(self, session: MechtestSession) -> None:
-        self.session = session
+    def __init__(self, log: RunLog) -> None:
+        self.log = log
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error) -> None:
         output = getattr(node, "workeroutput", {}).get("mechtest")
         if output:
-            self.session.merge_worker_output(output)
+            self.log.merge_worker_output(output)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechtest.methods.cmap import ModelMismatchError
+from mechtest.errors import ModelMismatchError
 from mechtest.methods.compare import Comparison, Thresholds, compare, judge
 from mechtest.model import load_model
 

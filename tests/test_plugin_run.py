@@ -100,7 +100,7 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
         "llama-circuit-on-a-tiny-model*zoo-planted*-*ERROR",
         "planted-accuracy*zoo-planted*1.000*[[]1.000, 1.000[]]*>= 0.9*PASS",
         "planted-circuit*zoo-planted-b*0.000*>= 0.9*FAIL",
-        "1 of 3 claims hold; 1 skipped (model not configured)",
+        "1 of 3 claims hold (1 failed, 1 error); 1 skipped (model not configured)",
     ])
     # JSON with provenance
     report = json.loads((pytester.path / "out.json").read_text())
@@ -229,6 +229,7 @@ def test_path_patching_snapshot_claim(pytester, cache_dir):
     assert obtained.is_file() and not snap.exists()
 
     run(pytester, cache_dir, "--snapshot-update").assert_outcomes(passed=1)
+    assert not obtained.exists()  # accepting a snapshot removes the stale obtained file
     text = snap.read_text()
     assert '"shape": [4, 4]' in text and '"n_prompts": 7' in text
     run(pytester, cache_dir).assert_outcomes(passed=1)
@@ -244,10 +245,27 @@ def test_path_patching_snapshot_claim(pytester, cache_dir):
     run(pytester, cache_dir, "--snapshot-update").assert_outcomes(passed=1)
     assert json.loads(snap.read_text())["steps"]["value_fetcher"]["values"][3][1] < -0.9
 
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "14", "-rs",
+    # a snapshot recorded under other settings fails (it never skips), and says why
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "14",
                                           f"--mechtest-cache-dir={cache_dir}")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*recorded with n_prompts=7*this run uses n_prompts=14*not comparable*"])
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*recorded with n_prompts=7 (this run: 14)*cannot be compared*"])
+    # a hand-edited sample size is caught the same way
+    edited = json.loads(snap.read_text())
+    edited["n_prompts"] = 500
+    snap.write_text(json.dumps(edited))
+    run(pytester, cache_dir).assert_outcomes(failed=1)
+    # --snapshot-update never downgrades a snapshot to fewer prompts
+    result = run(pytester, cache_dir, "--snapshot-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*--snapshot-update refused*n_prompts=500*n_prompts=7*delete the file*"])
+    assert json.loads(snap.read_text())["n_prompts"] == 500
+    # malformed content is a one-line error naming the file
+    for bad in ("[]", '{"steps": {"value_fetcher": {"values": "x"}}, "n_prompts": 7, "seed": 0}'):
+        snap.write_text(bad)
+        result = run(pytester, cache_dir)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*error:     SnapshotError: snapshot*scores[[]zoo-planted[]].json is malformed*"])
 
 
 XDIST_CLAIMS = f"""
@@ -284,7 +302,7 @@ def test_xdist_gives_the_same_json_and_computes_each_activation_once(pytester, t
                                              f"--mechtest-cache-dir={parallel_cache}",
                                              "--mechtest-json", "parallel.json")
     parallel.assert_outcomes(passed=4, failed=1)
-    parallel.stdout.fnmatch_lines(["*= mechtest claims =*", "4 of 5 claims hold"])
+    parallel.stdout.fnmatch_lines(["*= mechtest claims =*", "4 of 5 claims hold (1 failed)"])
     a = json.loads((pytester.path / "serial.json").read_text())
     b = json.loads((pytester.path / "parallel.json").read_text())
     assert a["claims"] == b["claims"]

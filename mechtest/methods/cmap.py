@@ -27,11 +27,8 @@ from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
 from mechtest.measure import Measurement, proportion
 
-TRANSFERS = ("head_output", "head_contribution")
-
-
-class ModelMismatchError(MechtestError, ValueError):
-    """Two models that must share a shape or a tokenizer do not."""
+from mechtest.errors import ModelMismatchError
+from mechtest.spec import CMAP_TRANSFERS as TRANSFERS
 
 
 def check_compatible(model, other) -> None:

@@ -1,0 +1,23 @@
+"""The fine-tuning gate: does a candidate keep the base model's mechanism? (``mechtest.methods.compare``)"""
+
+from __future__ import annotations
+
+from mechtest.metrics import Field, Metric, Outcome, register_metric
+
+
+@register_metric
+class Verdict(Metric):
+    name = "verdict"
+    expects = "verdict"
+    description = "base-vs-candidate comparison of the mechanism: preserved / not preserved"
+    fields = {"base": Field("model", required=True)}
+
+    def check(self, params, models, fail):
+        if params["base"] in models:
+            fail("base", f"the base model {params['base']!r} is also one of the candidate models")
+
+    def measure(self, api, claim, model, *, n, seed, n_boxes):
+        comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes)
+        details = {k: v for k, v in comparison.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        return Outcome(comparison.verdict, detail=comparison.explain(), details=details,
+                       circuit=comparison.base_circuit)

@@ -1,0 +1,109 @@
+"""Models by name for one pytest session: where each comes from, loading it once, its task settings.
+
+The plugin builds the specs from ``--mechtest-model NAME=REF`` and the ini's ``mechtest_models``; the
+façade (:mod:`mechtest.api`) asks this registry for loaded models. Loading imports torch, so it happens
+only when a test or claim first needs the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechtest.errors import ModelLoadError
+
+DEFAULT_N_BOXES = 7
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: str
+    source: str  # "--mechtest-model" or "ini mechtest_models"
+
+
+@dataclass
+class Settings:
+    """Run-wide options of the plugin (or of a hand-made :class:`~mechtest.api.Mechtest`)."""
+
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: Path = Path(".mechtest_cache")
+    prompts: int | None = None
+    report_dir: Path | None = None
+    update_snapshots: bool = False
+
+
+def parse_model_option(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` -> (name, path); ValueError with the expected form otherwise."""
+    name, sep, path = text.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise ValueError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def read_task_settings(path: str | Path) -> dict:
+    """The checkpoint's ``mechtest.json`` (e.g. ``{"n_boxes": 3}``), or {} when it has none.
+
+    A file that exists but cannot be used is an error naming it: silently evaluating on another box count
+    would change every number measured on the model.
+    """
+    card = Path(path) / "mechtest.json"
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{card}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{card}: must hold a JSON object, got {type(data).__name__}")
+    n_boxes = data.get("n_boxes")
+    if n_boxes is not None and (not isinstance(n_boxes, int) or isinstance(n_boxes, bool) or n_boxes < 2):
+        raise ModelLoadError(f"{card}: n_boxes must be an integer >= 2, got {n_boxes!r}")
+    return data
+
+
+class ModelRegistry:
+    """The configured models of a session, each loaded at most once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.fingerprints: dict[str, dict] = {}  # provenance of every model loaded, by name
+        self._loaded: dict[str, Any] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.settings.models)
+
+    def is_configured(self, name: str) -> bool:
+        return name in self.settings.models
+
+    def skip_reason(self, name: str) -> str:
+        return f"model {name!r} is not configured: pass --mechtest-model {name}=PATH"
+
+    def load(self, name: str):
+        """The loaded model called ``name``; a test asking for an unconfigured model is skipped."""
+        if name not in self._loaded:
+            spec = self.settings.models.get(name)
+            if spec is None:
+                import pytest
+
+                raise pytest.skip.Exception(self.skip_reason(name), _use_item_location=True)
+            from mechtest.model import load_model
+
+            model = load_model(spec.path, dtype=self.settings.dtype, device=self.settings.device, name=name)
+            self._loaded[name] = model
+            self.fingerprints[name] = {"path": spec.path, "source": spec.source, "fingerprint": model.fingerprint,
+                                       "dtype": str(model.dtype), "shape": list(model.shape)}
+        return self._loaded[name]
+
+    def n_boxes(self, name: str) -> int:
+        """The box count a model is evaluated on: ``n_boxes`` of its ``mechtest.json``, else 7."""
+        spec = self.settings.models.get(name)
+        if spec is None:
+            return DEFAULT_N_BOXES
+        return read_task_settings(spec.path).get("n_boxes", DEFAULT_N_BOXES)
