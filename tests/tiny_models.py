@@ -12,8 +12,8 @@ V = len(vocabulary())
 
 
 def _configs():
-    from transformers import (GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                              Qwen2Config)
+    from transformers import (Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
+                              MistralConfig, Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
 
     common = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                   num_attention_heads=4, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
@@ -23,6 +23,16 @@ def _configs():
         "mistral": MistralConfig(**common, num_key_value_heads=2, sliding_window=None),
         "qwen2": Qwen2Config(**common, num_key_value_heads=1),
         "gemma": GemmaConfig(**common, num_key_value_heads=2, head_dim=16),
+        # quirks on purpose: head_dim != hidden/heads, sliding windows shorter than the test prompts (12),
+        # soft-capping, q/k norms, fused qkv with grouped-query attention
+        "qwen3": Qwen3Config(**common, num_key_value_heads=2, head_dim=16, use_sliding_window=True,
+                             sliding_window=4, max_window_layers=1, layer_types=None),
+        "gemma2": Gemma2Config(**common, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                               attn_logit_softcapping=5.0, final_logit_softcapping=3.0, query_pre_attn_scalar=16),
+        "gemma3_text": Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                                        sliding_window_pattern=2, query_pre_attn_scalar=16),
+        "olmo2": Olmo2Config(**common, num_key_value_heads=2),
+        "phi3": Phi3Config(**common, num_key_value_heads=2, sliding_window=4),
         "gpt2": GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=128,
                            bos_token_id=1, eos_token_id=2),
         "gpt_neox": GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -31,7 +41,8 @@ def _configs():
     }
 
 
-ARCH_NAMES = ("llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox")
+ARCH_NAMES = ("llama", "mistral", "qwen2", "gemma", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3", "gpt2",
+              "gpt_neox")
 
 
 def save_tiny(arch: str, directory: Path, seed: int = 0) -> Path:
