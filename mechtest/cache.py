@@ -118,7 +118,7 @@ class ActivationCache:
             return cached
 
         self._ensure_dir(path.parent)
-        lock = filelock.FileLock(f"{path}.lock", timeout=self.lock_timeout)
+        lock = filelock.FileLock(f"{path}.lock", timeout=self.lock_timeout, mode=0o666 & ~_umask())
         try:
             lock.acquire()
         except filelock.Timeout as exc:
@@ -202,6 +202,9 @@ class ActivationCache:
         except OSError as exc:
             raise CacheError(f"cannot create a file in cache directory {path.parent}: {exc}") from exc
         try:
+            # mkstemp makes 0600 files; a cache shared between users (a group-writable directory) needs the
+            # mode every other file of this process gets
+            os.chmod(tmp, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as fh:
                 _write_all(fh, data)
                 fh.flush()
@@ -216,6 +219,13 @@ class ActivationCache:
                 raise CacheError(f"cannot write cache file {path}: {exc}") from exc
             raise
         _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_all(fh, data: bytes) -> None:

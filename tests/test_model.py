@@ -63,8 +63,8 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
     from transformers import BloomConfig
 
     BloomConfig(n_layer=1, hidden_size=8, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(ArchitectureError, match="'bloom' is not supported; supported: gemma, gpt2, gpt_neox, "
-                                                "llama, mistral, qwen2"):
+    with pytest.raises(ArchitectureError, match="'bloom' is not supported; supported: gemma, gemma2, gemma3_text, gpt2, gpt_neox, "
+                                                "llama, mistral, olmo2, phi3, qwen2, qwen3"):
         load_model(tmp_path)
 
 
