@@ -31,7 +31,7 @@ def config_dtype(config):
     """The checkpoint's own dtype as its config declares it (``dtype`` in 5.x, ``torch_dtype`` before), or None."""
     import torch
 
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    value = getattr(config, dtype_kwarg(), None)  # reading torch_dtype on 5.x logs a deprecation warning
     if isinstance(value, str):
         value = getattr(torch, value.removeprefix("torch."), None)
     return value if isinstance(value, torch.dtype) else None
