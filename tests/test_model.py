@@ -309,3 +309,19 @@ def test_importing_mechtest_does_not_import_torch():
     code = "import sys, mechtest; assert 'torch' not in sys.modules and 'transformers' not in sys.modules; " \
            "mechtest.__version__"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compat_shims(llama_dir):
+    from mechtest import compat
+
+    assert compat.loading_problems({"missing_keys": {"b", "a"}, "mismatched_keys": [("w", (1,), (2,))]}) == \
+        {"missing_keys": ["a", "b"], "unexpected_keys": [], "mismatched_keys": ["w"]}
+    m = load_model(llama_dir, device="cpu")
+    assert compat.accepts_logits_to_keep(m) in (True, False)
+    kv = [(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)) for _ in range(m.n_layers)]
+    back = compat.cache_tensors(compat.make_cache(kv))
+    assert all(torch.equal(k, k2) and torch.equal(v, v2) for (k, v), (k2, v2) in zip(kv, back))
+    with torch.no_grad():
+        out = m.hf(input_ids=torch.tensor([[1, 5, 6]]), use_cache=True)
+    assert len(compat.cache_tensors(compat.output_cache(out))) == m.n_layers
+    assert compat.cache_kwarg(m) in ("cache", "past_key_values")
