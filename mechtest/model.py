@@ -154,6 +154,7 @@ def load_model(
     directory). ``device`` is 'cpu', 'cuda[:N]', 'mps', 'auto' or a ``device_map`` dict; ``dtype`` defaults
     to the checkpoint's own on CUDA and float32 elsewhere.
     """
+    place, target = placement(device)  # a bogus device fails before anything is read
     ref = path_or_name if isinstance(path_or_name, ModelRef) else resolve_model(path_or_name, base_dir=Path.cwd())
     if ref.path is None:
         raise ModelLoadError(f"model {ref.text!r} has no local files")
@@ -163,7 +164,7 @@ def load_model(
     source = str(ref.path)
     gguf = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     if gguf:
-        _require_gguf(shown)
+        _check_gguf(ref.path / ref.gguf_file, shown)
     options = {"local_files_only": True, "trust_remote_code": trust_remote_code, **gguf}
     try:
         config = AutoConfig.from_pretrained(source, **options)
@@ -176,7 +177,6 @@ def load_model(
         raise ModelLoadError(f"{shown!r} is a {', '.join(declared)} checkpoint, not a causal language model")
     weight_files = [ref.path / ref.gguf_file] if gguf else checked_weight_files(ref.path, shown)
 
-    place, target = placement(device)
     torch_dtype = resolve_dtype(dtype, device=target, config=config)
     if place:
         _require_accelerate(device)
@@ -287,11 +287,17 @@ def _check_loading_info(info: dict, shown: str) -> None:
         raise ModelLoadError(f"weights of {shown!r} do not match its config: tensors " + "; ".join(parts))
 
 
-def _require_gguf(shown: str) -> None:
+def _check_gguf(path: Path, shown: str) -> None:
+    """The gguf package is installed and the file parses whole (its reader memory-maps it: no tensor is read)."""
     try:
-        import gguf  # noqa: F401
+        from gguf import GGUFReader
     except ImportError:
         raise ModelLoadError(f"{shown!r} is a GGUF file: install the gguf extra (pip install 'mechtest[gguf]')") from None
+    try:
+        GGUFReader(str(path))
+    except Exception as e:  # struct.error, ValueError, IndexError...: the reader has no error type of its own
+        raise ModelLoadError(f"{shown!r} is not a readable GGUF file ({path.stat().st_size} bytes; truncated or "
+                             f"corrupt?): {_first_line(e)}") from None
 
 
 def _require_accelerate(device) -> None:

@@ -150,3 +150,15 @@ def test_gguf_without_tokenizer_files_uses_its_own(source, tmp_path, monkeypatch
     vocab = m.tokenizer.get_vocab()
     assert all(vocab[t] == i for i, t in enumerate(tokens))
     assert m.tokenizer.bos_token_id == 1
+
+
+@pytest.mark.parametrize("keep", [-100, 200, 10])
+def test_truncated_gguf_is_a_one_line_error(source, tmp_path, keep):
+    d = gguf_dir(source, tmp_path / "g")
+    f = d / "tiny.gguf"
+    size = f.stat().st_size
+    with open(f, "r+b") as fh:
+        fh.truncate(size + keep if keep < 0 else keep)
+    with pytest.raises(ModelLoadError, match=r"^'.*tiny.gguf' is not a readable GGUF file \(\d+ bytes; truncated "
+                                             r"or corrupt\?\): [^\n]*$"):
+        load_model(f, device="cpu")
