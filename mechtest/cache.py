@@ -9,6 +9,9 @@ Concurrency: a reader needs no lock (files only ever appear whole, through ``os.
 ``FileLock`` on ``<path>.lock``, checks again, computes, writes a temporary file in the same directory, fsyncs
 it and renames it into place. Workers racing on one key therefore compute it once and share the file; a writer
 killed mid-write leaves only a stray temporary file, which the next writer of that key removes.
+
+Permissions: cache and lock files get the mode the process umask gives any new file (mkstemp alone would make
+them 0600), so a cache directory shared by a group works for all its members.
 """
 
 from __future__ import annotations
