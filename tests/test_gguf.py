@@ -127,7 +127,7 @@ def test_gguf_missing_a_tensor_is_refused(source, tmp_path):
 
 def test_gguf_without_tokenizer_files_uses_its_own(source, tmp_path, monkeypatch):
     """llama.cpp's GGUF files carry their tokenizer (tokenizer.ggml.*); transformers rebuilds it from there."""
-    from mechtest.zoo.vocab import vocabulary
+    from tools.zoo.vocab import vocabulary
 
     tokens = vocabulary()
     write_header = gguf.GGUFWriter.write_header_to_file
