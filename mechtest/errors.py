@@ -9,6 +9,10 @@ class ModelLoadError(MechtestError):
     """A checkpoint could not be loaded (missing path, no config, unsupported architecture...)."""
 
 
+class DeviceError(MechtestError, ValueError):
+    """A device that does not exist here (bogus name, CUDA without CUDA, a GPU index past the last)."""
+
+
 class ArchitectureError(MechtestError):
     """The model's architecture is not in the head-access table."""
 

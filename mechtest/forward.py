@@ -6,12 +6,11 @@ answer token), so this is the one place that decides batching, devices and dtype
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 
 import torch
 
+from mechtest.compat import accepts_logits_to_keep
 from mechtest.heads import Edits, hooked
 
 # edits for one batch, given the slice of the dataset it covers
@@ -24,14 +23,15 @@ def last_logits(model, input_ids: torch.Tensor, last_pos: torch.Tensor,
     input_ids = input_ids.to(model.device)
     last_pos = last_pos.to(model.device)
     keep = int(input_ids.shape[1] - last_pos.min().item())
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     with torch.no_grad(), hooked(model, edits or {}):
         out = model.hf(input_ids=input_ids, use_cache=False,
                        attention_mask=None if attention_mask is None else attention_mask.to(model.device), **kwargs)
     logits = out.logits
     offset = input_ids.shape[1] - logits.shape[1]
     rows = torch.arange(input_ids.shape[0], device=logits.device)
-    return logits[rows, last_pos - offset].float()
+    # the LM head may sit on another device than the embeddings (device="auto")
+    return logits[rows, last_pos.to(logits.device) - offset].float()
 
 
 def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: EditsForBatch | None = None,
@@ -57,10 +57,5 @@ def _progress(iterable, desc: str | None, total: int):
     return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    return _forward_takes_logits_to_keep(type(model.hf))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+# methods/ imported this name from here before mechtest.compat existed
+_accepts_logits_to_keep = accepts_logits_to_keep

@@ -129,7 +129,8 @@ def read_residual(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     with torch.no_grad():
         out = model.hf(input_ids=input_ids.to(model.device), attention_mask=_mask(attention_mask, model),
                        output_hidden_states=True, use_cache=False)
-    return torch.stack(out.hidden_states)
+    first = out.hidden_states[0].device  # layers may live on different devices (device="auto")
+    return torch.stack([h.to(first) for h in out.hidden_states])
 
 
 # --- edit-function factories -------------------------------------------------------------------
@@ -198,7 +199,9 @@ def _apply(fns: list[EditFn], view: torch.Tensor) -> tuple[torch.Tensor, bool]:
     for fn in fns:
         out = fn(view)
         if out is not None:
-            view, changed = out, True
+            # an edit may carry values from another run or device (layers spread over GPUs): the hooked
+            # module computes on its own device
+            view, changed = (out if out.device == view.device else out.to(view.device)), True
     return view, changed
 
 
