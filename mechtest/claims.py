@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechtest.decision import DEFAULT_MAX_PROMPTS, DEFAULT_RULE, POLICIES, RULES
 from mechtest.errors import CircuitError, ClaimError
 from mechtest.metrics import REGISTRY, Field
 
@@ -42,7 +43,9 @@ DEFAULT_N_PROMPTS = 500
 COMMON_FIELDS: dict[str, Field] = {
     "id": Field("string", required=True), "metric": Field("string", required=True),
     "models": Field("strings", required=True), "expect": Field("string"), "description": Field("string"),
-    "n_prompts": Field("int", minimum=1), "seed": Field("int", minimum=0), "n_boxes": Field("int", minimum=2),
+    "n_prompts": Field("count", minimum=1), "max_prompts": Field("int", minimum=1),
+    "seed": Field("int", minimum=0), "n_boxes": Field("int", minimum=2),
+    "decide": Field("string", choices=RULES), "inconclusive": Field("string", choices=POLICIES),
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -114,11 +117,14 @@ class Claim:
     metric: str
     models: tuple[str, ...]
     expect: Expectation
-    n_prompts: int
+    n_prompts: int | str  # "auto": sequential sampling up to max_prompts
     seed: int
     n_boxes: int | None
     path: Path
     description: str = ""
+    decide: str = DEFAULT_RULE  # "ci" | "estimate" (mechtest.decision)
+    inconclusive: str | None = None  # "fail" | "pass" | "xfail"; None: the run's default (fail)
+    max_prompts: int = DEFAULT_MAX_PROMPTS
     params: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def get(self, key: str, default=None):
@@ -203,9 +209,13 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
             except CircuitError as e:
                 fail(key, str(e))
     metric.check(params, tuple(models), fail)
+    if "max_prompts" in table and table.get("n_prompts") != "auto":
+        fail("max_prompts", 'only applies with n_prompts = "auto" (sequential sampling)')
     return Claim(id=table["id"], metric=metric_name, models=tuple(models), expect=expect,
                  n_prompts=table.get("n_prompts", DEFAULT_N_PROMPTS), seed=table.get("seed", 0),
-                 n_boxes=table.get("n_boxes"), path=path, description=table.get("description", ""), params=params)
+                 n_boxes=table.get("n_boxes"), path=path, description=table.get("description", ""), params=params,
+                 decide=table.get("decide", DEFAULT_RULE), inconclusive=table.get("inconclusive"),
+                 max_prompts=table.get("max_prompts", DEFAULT_MAX_PROMPTS))
 
 
 def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path | None = None) -> str:

@@ -19,9 +19,18 @@ DEFAULT_N_BOXES = 7
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A model as configured: its name, what the user wrote, the folder relative paths start from."""
+
     name: str
-    path: str
+    ref: str  # a directory, a .gguf file, or a hub id "name" / "org/name[@revision]"
+    base_dir: Path  # the rootdir for the ini, the current directory for the command line
     source: str  # "--mechtest-model" or "ini mechtest_models"
+
+    def resolve(self):
+        """Where the model's files are (:func:`mechtest.model_ref.resolve_model`; no network by default)."""
+        from mechtest.model_ref import resolve_model
+
+        return resolve_model(self.ref, base_dir=self.base_dir)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class Settings:
     prompts: int | None = None
     report_dir: Path | None = None
     update_snapshots: bool = False
+    inconclusive: str | None = None  # "pass" | "fail" | "xfail": overrides every claim's own policy
 
 
 def parse_model_option(text: str) -> tuple[str, str]:
@@ -74,6 +84,7 @@ class ModelRegistry:
         self.settings = settings
         self.fingerprints: dict[str, dict] = {}  # provenance of every model loaded, by name
         self._loaded: dict[str, Any] = {}
+        self._refs: dict[str, Any] = {}
 
     @property
     def names(self) -> list[str]:
@@ -95,15 +106,24 @@ class ModelRegistry:
                 raise pytest.skip.Exception(self.skip_reason(name), _use_item_location=True)
             from mechtest.model import load_model
 
-            model = load_model(spec.path, dtype=self.settings.dtype, device=self.settings.device, name=name)
+            ref = self.ref(name)
+            model = load_model(ref, dtype=self.settings.dtype, device=self.settings.device, name=name)
             self._loaded[name] = model
-            self.fingerprints[name] = {"path": spec.path, "source": spec.source, "fingerprint": model.fingerprint,
+            self.fingerprints[name] = {"model": ref.display, "source": spec.source, "fingerprint": model.fingerprint,
                                        "dtype": str(model.dtype), "shape": list(model.shape)}
         return self._loaded[name]
 
+    def ref(self, name: str):
+        """The resolved files of a configured model (resolved once; a missing one is a ModelLoadError)."""
+        if name not in self._refs:
+            self._refs[name] = self.settings.models[name].resolve()
+        return self._refs[name]
+
     def n_boxes(self, name: str) -> int:
         """The box count a model is evaluated on: ``n_boxes`` of its ``mechtest.json``, else 7."""
-        spec = self.settings.models.get(name)
-        if spec is None:
+        if name not in self.settings.models:
             return DEFAULT_N_BOXES
-        return read_task_settings(spec.path).get("n_boxes", DEFAULT_N_BOXES)
+        ref = self.ref(name)
+        if ref.path is None:
+            return DEFAULT_N_BOXES
+        return read_task_settings(ref.path).get("n_boxes", DEFAULT_N_BOXES)

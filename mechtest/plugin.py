@@ -33,10 +33,12 @@ DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mechtest", "mechtest: mechanistic-interpretability claims")
-    group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=PATH", dest="mechtest_model",
-                    help="make a checkpoint available to claims and tests under NAME (repeatable)")
+    group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=REF", dest="mechtest_model",
+                    help="make a checkpoint available under NAME (repeatable); REF: a directory, a .gguf file, or a "
+                         "hub id name / org/name[@revision] found in the local hub cache")
     group.addoption("--mechtest-device", default=None, metavar="DEVICE",
-                    help="device for every model, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
+                    help="device for every model: cpu, cuda, cuda:N, mps, or auto (device_map='auto' across the "
+                         "visible GPUs); default: cuda if available, else cpu")
     group.addoption("--mechtest-dtype", default=None, metavar="DTYPE",
                     help="dtype for every model: float32 (default), bfloat16, float16")
     group.addoption("--mechtest-cache-dir", default=None, metavar="DIR",
@@ -45,12 +47,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="empty the activation cache before the run")
     group.addoption("--mechtest-prompts", type=int, default=None, metavar="N",
                     help="use N prompts for every claim and method call (a quick run); default: each claim's n_prompts")
+    group.addoption("--mechtest-inconclusive", default=None, choices=("pass", "fail", "xfail"),
+                    help="what an INCONCLUSIVE claim (its interval straddles the bound) does: fail (default), pass, "
+                         "or xfail; overrides each claim's own 'inconclusive'")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
     group.addoption("--mechtest-report", default=None, metavar="DIR",
                     help="write head heat maps (PNG) of path-patching scores, circuit heads outlined, into DIR")
+    group.addoption("--mechtest-require", action="append", default=[], metavar="NAME", dest="mechtest_require",
+                    help="fail at start unless model NAME is configured and found (repeatable; for CI gates)")
+    parser.addini("mechtest_require", type="linelist", default=[],
+                  help="models that must be configured and found, one name per line (for CI gates)")
     parser.addini("mechtest_models", type="linelist", default=[],
-                  help="models by name, one 'name = path' per line (relative paths: the rootdir)")
+                  help="models by name, one 'name = ref' per line (a directory relative to the rootdir, a .gguf "
+                       "file, or a hub id)")
     parser.addini("mechtest_cache_dir", type="string", default="",
                   help="activation cache directory (relative: the rootdir); default .mechtest_cache")
     parser.addini("mechtest_claim_files", type="args", default=DEFAULT_CLAIM_FILES,
@@ -73,22 +83,31 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _settings(config: pytest.Config) -> Settings:
+    """Settings from options and ini, checked once here so a bad value stops the run before any work."""
     root = config.rootpath
     models: dict[str, ModelSpec] = {}
-    for line in config.getini("mechtest_models"):
+    for where, lines, base in (("ini option mechtest_models", config.getini("mechtest_models"), root),
+                               ("--mechtest-model", config.getoption("mechtest_model"), Path.cwd())):
+        given: set[str] = set()
+        for text in lines:
+            try:
+                name, ref = parse_model_option(text)
+            except ValueError as e:
+                hint = " (one 'name = path' per line)" if where.startswith("ini") else ""
+                raise pytest.UsageError(f"{where}: {e}{hint}") from None
+            if name in given:
+                raise pytest.UsageError(f"{where}: model {name!r} is given twice; give each name once")
+            given.add(name)  # the command line overrides the ini
+            models[name] = ModelSpec(name, ref, base, "--mechtest-model" if where.startswith("--") else
+                                     "ini mechtest_models")
+    for name in [*config.getini("mechtest_require"), *config.getoption("mechtest_require")]:
+        if name not in models:
+            raise pytest.UsageError(f"required model {name!r} is not configured (--mechtest-require / ini "
+                                    f"mechtest_require): pass --mechtest-model {name}=PATH")
         try:
-            name, path = parse_model_option(line)
-        except ValueError as e:
-            raise pytest.UsageError(f"ini option mechtest_models: {e} (one 'name = path' per line)") from None
-        models[name] = ModelSpec(name, str((root / Path(path).expanduser()).resolve()), "ini mechtest_models")
-    for text in config.getoption("mechtest_model"):
-        try:
-            name, path = parse_model_option(text)
-        except ValueError as e:
-            raise pytest.UsageError(f"--mechtest-model: {e}") from None
-        path_obj = Path(path).expanduser()
-        models[name] = ModelSpec(name, str(path_obj.resolve()) if path_obj.exists() or "/" in path or
-                                 path.startswith(".") else path, "--mechtest-model")
+            models[name].resolve()
+        except MechtestError as e:
+            raise pytest.UsageError(f"required model {name!r}: {e}") from None
     prompts = config.getoption("mechtest_prompts")
     if prompts is not None and prompts < 1:
         raise pytest.UsageError(f"--mechtest-prompts must be >= 1, got {prompts}")
@@ -102,10 +121,26 @@ def _settings(config: pytest.Config) -> Settings:
         known = {"float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"}
         if dtype.lower() not in known:
             raise pytest.UsageError(f"--mechtest-dtype: unknown dtype {dtype!r}; use one of {', '.join(sorted(known))}")
+    device = config.getoption("mechtest_device")
+    if device is not None:
+        from mechtest.model import check_device
+
+        try:
+            device = check_device(device)
+        except MechtestError as e:
+            raise pytest.UsageError(f"--mechtest-device: {e}") from None
+    if config.getoption("mechtest_json"):
+        from mechtest.report.json_report import check_json_path
+
+        try:
+            check_json_path(Path(config.getoption("mechtest_json")))
+        except MechtestError as e:
+            raise pytest.UsageError(str(e)) from None
     report = config.getoption("mechtest_report")
-    return Settings(models=models, device=config.getoption("mechtest_device"), dtype=dtype, cache_dir=cache_dir,
+    return Settings(models=models, device=device, dtype=dtype, cache_dir=cache_dir,
                     prompts=prompts, report_dir=Path(report).resolve() if report else None,
-                    update_snapshots=bool(getattr(config.option, "update_snapshots", False)))
+                    update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
+                    inconclusive=config.getoption("mechtest_inconclusive"))
 
 
 def _is_controller(config: pytest.Config) -> bool:
@@ -174,6 +209,9 @@ class ClaimItem(pytest.Item):
         self.user_properties.extend(result.properties())
         if raised is not None:
             raise raised
+        if result.outcome == "INCONCLUSIVE" and not result.passed and (
+                self.config.getoption("mechtest_inconclusive") or self.claim.inconclusive) == "xfail":
+            pytest.xfail(result.failure_text())
         if not result.passed:
             raise ClaimFailed(result)
 

@@ -10,55 +10,71 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mechtest.claims import Claim
+from mechtest.decision import ERROR, INCONCLUSIVE, PASS, decide, look_level, prompts_to_decide, schedule
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
 from mechtest.report.result import ClaimResult
 
 
 def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[ClaimResult, BaseException | None]:
-    """Measure ``claim`` on ``model_name`` through the façade ``api`` and check its expectation.
+    """Measure ``claim`` on ``model_name`` through the façade ``api`` and decide it (:mod:`mechtest.decision`).
 
     Returns the result and, when the measurement raised something other than a MechtestError (a bug, an
     out-of-memory, a torch error), that exception, for the caller to re-raise with its traceback.
     """
     metric = get_metric(claim.metric)
-    n = api.n_prompts(claim.n_prompts)
     seed = claim.seed
     api.seeds.add(seed)
+    sequential = claim.n_prompts == "auto" and api.settings.prompts is None
+    sizes = schedule(claim.max_prompts) if sequential else [api.n_prompts(
+        claim.max_prompts if claim.n_prompts == "auto" else claim.n_prompts)]
+    level = look_level(len(sizes))
     result = ClaimResult(id=claim.id, model=model_name, metric=claim.metric, value=None, ci_low=None,
-                         ci_high=None, expect=str(claim.expect), passed=False, nodeid=nodeid, n_prompts=n,
-                         seed=seed, n_boxes=claim.n_boxes)
+                         ci_high=None, expect=str(claim.expect), passed=False, nodeid=nodeid, n_prompts=sizes[0],
+                         seed=seed, n_boxes=claim.n_boxes, decide=claim.decide)
     circuit, raised = None, None
     try:
         n_boxes = claim.n_boxes or api.n_boxes(model_name)
-        result = replace(result, n_boxes=n_boxes)
-        outcome = metric.measure(api, claim, model_name, n=n, seed=seed, n_boxes=n_boxes)
-        circuit = outcome.circuit
-        m = outcome.measurement
-        value = m.value if m is not None else outcome.value
-        details = {**(_scalars(m.details) if m is not None else {}), **outcome.details}
-        result = replace(result, value=value, passed=claim.expect.check(value), detail=outcome.detail,
-                         details=details,
-                         **({"ci_low": m.ci_low, "ci_high": m.ci_high, "n_prompts": m.n_prompts} if m is not None
-                            else {}))
+        for n in sizes:
+            outcome = metric.measure(api, claim, model_name, n=n, seed=seed, n_boxes=n_boxes)
+            result, circuit = _decided(result, claim, outcome, n, n_boxes, level), outcome.circuit
+            if result.outcome != INCONCLUSIVE:
+                break
     except MechtestError as e:
-        result = replace(result, error=f"{type(e).__name__}: {e}")
+        result = replace(result, outcome=ERROR, error=f"{type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001  (recorded as ERROR, then re-raised by the caller)
-        result = replace(result, error=f"{type(e).__name__}: {first_line(e)}")
+        result = replace(result, outcome=ERROR, error=f"{type(e).__name__}: {first_line(e)}")
         raised = e
+    policy = api.settings.inconclusive or claim.inconclusive or "fail"
+    result = replace(result, passed=result.outcome == PASS or (result.outcome == INCONCLUSIVE and policy == "pass"))
     if api.settings.report_dir is not None and raised is None and (
             claim.metric == "path_patching" or not result.passed):
         from mechtest.report.heatmap import claim_heatmap
 
-        result = replace(result, heatmap=claim_heatmap(api, claim, model_name, circuit, n=n, seed=seed,
-                                                       n_boxes=result.n_boxes))
+        result = replace(result, heatmap=claim_heatmap(api, claim, model_name, circuit, n=result.n_prompts,
+                                                       seed=seed, n_boxes=result.n_boxes))
     return result, raised
+
+
+def _decided(result: ClaimResult, claim: Claim, outcome, n: int, n_boxes: int, level: float) -> ClaimResult:
+    """The result of one look: the measurement at the look's confidence level, decided."""
+    m = outcome.measurement
+    if m is not None:
+        m = m.at_level(level)
+    value = m.value if m is not None else outcome.value
+    low, high = (m.ci_low, m.ci_high) if m is not None else (None, None)
+    n_used = m.n_prompts if m is not None else n
+    details = {**(_scalars(m.details) if m is not None else {}), **outcome.details}
+    return replace(result, value=value, ci_low=low, ci_high=high, n_prompts=n_used, n_boxes=n_boxes,
+                   outcome=decide(claim.expect, value, low, high, claim.decide), detail=outcome.detail,
+                   details=details, level=m.level if m is not None else None, looks=[*result.looks, n_used],
+                   prompts_needed=prompts_to_decide(claim.expect, value, low, high, n_used))
 
 
 def error_result(claim: Claim, model_name: str, nodeid: str, error: BaseException) -> ClaimResult:
     """The result of a claim that died outside the runner (e.g. in setup)."""
     return ClaimResult(id=claim.id, model=model_name, metric=claim.metric, value=None, ci_low=None, ci_high=None,
-                       expect=str(claim.expect), passed=False, nodeid=nodeid, seed=claim.seed,
+                       expect=str(claim.expect), passed=False, nodeid=nodeid, seed=claim.seed, outcome=ERROR,
                        error=f"{type(error).__name__}: {first_line(error)}")
 
 

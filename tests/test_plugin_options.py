@@ -70,10 +70,10 @@ def test_models_from_ini_and_cli(pytester):
         def test_registry(mechtest):
             models = mechtest.settings.models
             root = {str(pytester.path)!r}
-            assert models["mine"].path == root + "/checkpoints/mine"
+            assert models["mine"].ref == "checkpoints/mine" and str(models["mine"].base_dir) == root
             assert models["mine"].source == "ini mechtest_models"
             assert models["both"].source == "--mechtest-model"
-            assert models["both"].path == {str(PLANTED)!r}
+            assert models["both"].ref == {str(PLANTED)!r}
             assert mechtest.model_names == ["both", "mine"]
     """)
     run(pytester, "--mechtest-model", f"both={PLANTED}").assert_outcomes(passed=1)

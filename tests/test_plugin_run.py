@@ -58,6 +58,7 @@ id = "planted-accuracy"
 metric = "accuracy"
 models = ["zoo-planted", "vicuna"]
 expect = ">= 0.9"
+decide = "estimate"  # 7/7 prompts: the Wilson interval [0.646, 1] alone would not decide
 
 [[claim]]
 id = "planted-circuit"
@@ -86,7 +87,8 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
         "*claim 'planted-circuit' on model 'zoo-planted-b' (faithfulness) does not hold",
         "*measured:  0.000",
         "*expected:  >= 0.9",
-        "*95% CI:    [[]0.000, 0.000[]]",
+        "*95% CI:    [[]0.000, 0.354[]]",
+        "*decided:   FAIL on the whole interval against the bound*",
         "*prompts:   n=7, seed=4, 7 boxes",
         f"*heat map:  {esc(heat_map)}",
     ])
@@ -98,8 +100,8 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
         "*= mechtest claims =*",
         "claim*model*measured*interval*expected*result",
         "llama-circuit-on-a-tiny-model*zoo-planted*-*ERROR",
-        "planted-accuracy*zoo-planted*1.000*[[]1.000, 1.000[]]*>= 0.9*PASS",
-        "planted-circuit*zoo-planted-b*0.000*>= 0.9*FAIL",
+        "planted-accuracy*zoo-planted*1.000*[[]0.646, 1.000[]]*>= 0.9*PASS",
+        "planted-circuit*zoo-planted-b*0.000*[[]0.000, 0.354[]]*>= 0.9*FAIL",
         "1 of 3 claims hold (1 failed, 1 error); 1 skipped (model not configured)",
     ])
     # JSON with provenance
@@ -108,8 +110,9 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
     assert set(by_id) == {"planted-accuracy", "planted-circuit", "llama-circuit-on-a-tiny-model"}
     acc = by_id["planted-accuracy"]
     assert {k: acc[k] for k in ("model", "metric", "value", "ci_low", "ci_high", "expect", "passed")} == {
-        "model": "zoo-planted", "metric": "accuracy", "value": 1.0, "ci_low": 1.0, "ci_high": 1.0,
-        "expect": ">= 0.9", "passed": True}
+        "model": "zoo-planted", "metric": "accuracy", "value": 1.0, "ci_low": pytest.approx(0.6457, abs=1e-3),
+        "ci_high": 1.0, "expect": ">= 0.9", "passed": True}
+    assert acc["outcome"] == "PASS" and acc["decide"] == "estimate" and acc["level"] == 0.95
     assert by_id["planted-circuit"]["passed"] is False and by_id["planted-circuit"]["heatmap"] == str(heat_map)
     assert "does not fit" in by_id["llama-circuit-on-a-tiny-model"]["error"]
     assert report["skipped"][0]["model"] == "vicuna"
@@ -274,6 +277,7 @@ id = "acc"
 metric = "accuracy"
 models = ["zoo-planted", "zoo-planted-b"]
 expect = ">= 0.9"
+decide = "estimate"
 
 [[claim]]
 id = "faith"
@@ -281,6 +285,7 @@ metric = "faithfulness"
 circuit = "{PLANTED_CIRCUIT}"
 models = ["zoo-planted", "zoo-planted-b"]
 expect = ">= 0.9"
+decide = "estimate"
 
 [[claim]]
 id = "random"
@@ -289,6 +294,7 @@ circuit = "{PLANTED_CIRCUIT}"
 n_draws = 2
 models = ["zoo-planted"]
 expect = "<= 0.5"
+decide = "estimate"
 """
 
 

@@ -143,7 +143,7 @@ class Comparison:
 
     def to_dict(self) -> dict:
         def m(x: Measurement | None):
-            return None if x is None else {k: _json(v) for k, v in asdict(x).items()}
+            return None if x is None else {k: _json(v) for k, v in x.to_dict().items()}
 
         return {
             "base": self.base, "candidate": self.candidate, "verdict": self.verdict, "reason": self.reason(),

@@ -34,6 +34,7 @@ _KINDS = {
     "bool": ((bool,), "true or false"),
     "circuit": ((str,), "a string"),  # a circuit reference, resolved by mechtest.claims
     "model": ((str,), "a string"),    # the name of another configured model the claim needs
+    "count": ((int, str), 'a positive integer or "auto"'),  # a sample size; "auto": sequential sampling
 }
 
 
@@ -54,13 +55,15 @@ class Field:
         ok = isinstance(value, types) and (self.kind == "bool" or not isinstance(value, bool))
         if ok and self.kind == "strings":
             ok = all(isinstance(v, str) for v in value)
+        if ok and self.kind == "count" and isinstance(value, str) and value != "auto":
+            ok = False
         if not ok:
             return f"must be {what}, got {type(value).__name__} {value!r}"
         if self.choices and value not in self.choices:
             if self.choices_message:
                 return self.choices_message.format(value=value)
             return f"unknown {name} {value!r}; use one of {', '.join(map(str, self.choices))}"
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and not isinstance(value, str) and value < self.minimum:
             return f"must be >= {self.minimum:g}, got {value}"
         if self.kind == "model" and not value:
             return "must name a model"

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-OUTCOMES = ("PASS", "FAIL", "ERROR")
+OUTCOMES = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ class ClaimResult:
     detail: str = ""
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def outcome(self) -> str:
-        return "PASS" if self.passed else ("ERROR" if self.error else "FAIL")
+    outcome: str = "FAIL"  # PASS | FAIL | INCONCLUSIVE | ERROR (``passed`` also applies the inconclusive policy)
+    decide: str = "ci"  # the rule: "ci" (the whole interval) or "estimate"
+    level: float | None = None  # confidence level of the interval the decision used
+    looks: list[int] = field(default_factory=list)  # sample sizes looked at (sequential sampling)
+    prompts_needed: int | None = None  # prompts that would decide at the observed effect
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: _plain(v) for k, v in asdict(self).items()}, "outcome": self.outcome}
+        return {k: _plain(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClaimResult:
@@ -46,7 +47,7 @@ class ClaimResult:
         """(name, value) pairs for ``record_property`` / ``item.user_properties`` (JUnit XML)."""
         props = [("mechtest_metric", self.metric), ("mechtest_model", self.model),
                  ("mechtest_value", fmt(self.value)), ("mechtest_expect", self.expect),
-                 ("mechtest_outcome", self.outcome)]
+                 ("mechtest_outcome", self.outcome), ("mechtest_decide", self.decide)]
         if self.ci_low is not None:
             props += [("mechtest_ci_low", fmt(self.ci_low)), ("mechtest_ci_high", fmt(self.ci_high))]
         if self.n_prompts is not None:
@@ -55,19 +56,33 @@ class ClaimResult:
             props.append(("mechtest_heatmap", self.heatmap))
         return props
 
+    def decision_text(self) -> str:
+        """How the outcome was decided, and how many prompts would decide an undecided claim."""
+        rule = "the whole interval against the bound" if self.decide == "ci" else "the point estimate"
+        text = f"{self.outcome} on {rule}"
+        if self.prompts_needed is not None and self.outcome == "INCONCLUSIVE":
+            text += f"; about {self.prompts_needed} prompts would decide at the observed effect"
+        elif self.outcome == "INCONCLUSIVE" and self.prompts_needed is None and self.ci_low is not None:
+            text += "; the estimate sits on the bound: no sample size decides"
+        return text
+
     def failure_text(self) -> str:
-        """What a failing claim prints: measured vs expected, interval, prompts, heat map."""
-        lines = [f"claim {self.id!r} on model {self.model!r} ({self.metric}) does not hold"]
+        """What a failing claim prints: measured vs expected, interval, decision, prompts, heat map."""
+        verb = "is inconclusive" if self.outcome == "INCONCLUSIVE" else "does not hold"
+        lines = [f"claim {self.id!r} on model {self.model!r} ({self.metric}) {verb}"]
         if self.error:
             lines.append(f"  error:     {self.error}")
         else:
             lines.append(f"  measured:  {fmt(self.value)}")
             lines.append(f"  expected:  {self.expect}")
             if self.ci_low is not None:
-                lines.append(f"  95% CI:    [{fmt(self.ci_low)}, {fmt(self.ci_high)}]")
+                level = f"{self.level:.0%}" if self.level else "95%"
+                lines.append(f"  {level + ' CI:':<10} [{fmt(self.ci_low)}, {fmt(self.ci_high)}]")
+            lines.append(f"  decided:   {self.decision_text()}")
         if self.n_prompts is not None:
             boxes = f", {self.n_boxes} boxes" if self.n_boxes else ""
-            lines.append(f"  prompts:   n={self.n_prompts}, seed={self.seed}{boxes}")
+            looks = f" (looks at {', '.join(map(str, self.looks))})" if len(self.looks) > 1 else ""
+            lines.append(f"  prompts:   n={self.n_prompts}, seed={self.seed}{boxes}{looks}")
         if self.detail:
             lines += ["  " + line for line in self.detail.splitlines()]
         lines.append(f"  heat map:  {self.heatmap}" if self.heatmap
