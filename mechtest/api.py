@@ -205,16 +205,23 @@ class Mechtest:
             lambda: completeness(model, circ, data, ref, mode=mode, n_draws=n_draws, seed=seed, cache=self.cache))
 
     def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None):
-        """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``)."""
+        """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``).
+
+        Both discoveries come from this session's memo and the on-disk cache, so a base is discovered once for
+        any number of candidates, and a rerun reads the path-patching scores back."""
         from mechtest.methods.compare import compare
 
         base_model, cand_model = self.model(base), self.model(candidate)
         n, n_boxes = self.n_prompts(n), n_boxes or self.n_boxes(base_model)
         self.seeds.add(seed)
-        return self._memoised(
-            ("compare", base_model.name, cand_model.name, n, n_boxes, seed),
-            lambda: compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes,
-                            progress=False))
+
+        def compute():
+            found = {m.name: self.discover(m, n=n, seed=seed, n_boxes=n_boxes) for m in (base_model, cand_model)}
+            return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache,
+                           base_discovery=found[base_model.name], candidate_discovery=found[cand_model.name],
+                           progress=False)
+
+        return self._memoised(("compare", base_model.name, cand_model.name, n, n_boxes, seed), compute)
 
     def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,
             n_boxes: int | None = None):

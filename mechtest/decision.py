@@ -40,6 +40,16 @@ def _inside(x: float, low: float, high: float, low_inc: bool, high_inc: bool) ->
     return (x > low or (low_inc and x == low)) and (x < high or (high_inc and x == high))
 
 
+def decide_interval(ci_low: float, ci_high: float, low: float, high: float, low_inc: bool = True,
+                    high_inc: bool = True) -> str:
+    """PASS if the whole interval lies in the accepted region, FAIL if none of it does, else INCONCLUSIVE."""
+    if _inside(ci_low, low, high, low_inc, high_inc) and _inside(ci_high, low, high, low_inc, high_inc):
+        return PASS
+    if ci_high < low or (ci_high == low and not low_inc) or ci_low > high or (ci_low == high and not high_inc):
+        return FAIL
+    return INCONCLUSIVE
+
+
 def decide(expect, value, ci_low: float | None, ci_high: float | None, rule: str = DEFAULT_RULE) -> str:
     """PASS / FAIL / INCONCLUSIVE for a measured value (and interval) against the claim's expectation."""
     if expect.op == "verdict" and str(value) == "inconclusive":
@@ -49,12 +59,15 @@ def decide(expect, value, ci_low: float | None, ci_high: float | None, rule: str
         return PASS if expect.check(value) else FAIL
     if value is None or not math.isfinite(float(value)):
         return FAIL
-    low, high, low_inc, high_inc = bounds(expect)
-    if _inside(ci_low, low, high, low_inc, high_inc) and _inside(ci_high, low, high, low_inc, high_inc):
-        return PASS
-    if ci_high < low or (ci_high == low and not low_inc) or ci_low > high or (ci_low == high and not high_inc):
-        return FAIL
-    return INCONCLUSIVE
+    return decide_interval(ci_low, ci_high, *bounds(expect))
+
+
+def prompts_to_clear(value: float, ci_low: float, ci_high: float, bound: float, n: int) -> int | None:
+    """Prompts at which an interval of the same shape would no longer contain ``bound`` (1/sqrt(n) law)."""
+    distance, half = abs(value - bound), max(value - ci_low, ci_high - value)
+    if distance <= 0 or not all(math.isfinite(x) for x in (value, ci_low, ci_high, bound)):
+        return None
+    return max(n, math.ceil(round(n * (half / distance) ** 2, 6)))
 
 
 def prompts_to_decide(expect, value, ci_low, ci_high, n: int) -> int | None:
@@ -69,11 +82,8 @@ def prompts_to_decide(expect, value, ci_low, ci_high, n: int) -> int | None:
     if not all(math.isfinite(x) for x in (value, ci_low, ci_high)):
         return None
     low, high, *_ = bounds(expect)
-    distance = min(abs(value - x) for x in (low, high) if math.isfinite(x))
-    half = max(value - ci_low, ci_high - value)
-    if distance <= 0:
-        return None
-    return max(n, math.ceil(round(n * (half / distance) ** 2, 6)))
+    nearest = min((x for x in (low, high) if math.isfinite(x)), key=lambda x: abs(value - x))
+    return prompts_to_clear(value, ci_low, ci_high, nearest, n)
 
 
 def schedule(max_prompts: int, first: int = FIRST_LOOK) -> list[int]:

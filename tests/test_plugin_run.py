@@ -171,7 +171,8 @@ def test_python_api(pytester, cache_dir):
 
 def gate(pytester, cache_dir, base: Path, candidate: Path):
     shutil.copy(GATE, pytester.path / GATE.name)
-    return run(pytester, cache_dir, "--mechtest-model", f"base={base}", "--mechtest-model", f"candidate={candidate}")
+    return run(pytester, cache_dir, "--mechtest-prompts", "70",  # 7 prompts decide nothing (tested in test_compare)
+               "--mechtest-model", f"base={base}", "--mechtest-model", f"candidate={candidate}")
 
 
 def test_gate_is_skipped_without_base_and_candidate(pytester, cache_dir):
@@ -188,7 +189,7 @@ def test_gate_planted_b_does_not_keep_the_planted_mechanism(pytester, cache_dir)
         "*claim 'candidate-preserves-base-mechanism' on model 'candidate' (verdict) does not hold",
         "*measured:  not preserved",
         "*expected:  preserved",
-        "*NOT PRESERVED - candidate does not keep the base circuit: faithfulness 0.00 < 0.80*",
+        "*NOT PRESERVED - base circuit faithful in candidate 0.* vs >= 0.80: FAIL*",
     ])
 
 
@@ -206,7 +207,7 @@ def test_gate_on_the_trained_zoo(pytester, candidate, passes):
     if passes:
         result.assert_outcomes(passed=1)
     else:
-        result.stdout.fnmatch_lines(["*NOT PRESERVED - candidate does not keep the base circuit*"])
+        result.stdout.fnmatch_lines(["*NOT PRESERVED - base circuit faithful in candidate*"])
         assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 

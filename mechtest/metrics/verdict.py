@@ -9,7 +9,7 @@ from mechtest.metrics import Field, Metric, Outcome, register_metric
 class Verdict(Metric):
     name = "verdict"
     expects = "verdict"
-    description = "base-vs-candidate comparison of the mechanism: preserved / not preserved"
+    description = "base-vs-candidate comparison of the mechanism: preserved / not preserved / inconclusive"
     fields = {"base": Field("model", required=True)}
 
     def check(self, params, models, fail):
@@ -18,6 +18,8 @@ class Verdict(Metric):
 
     def measure(self, api, claim, model, *, n, seed, n_boxes):
         comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes)
-        details = {k: v for k, v in comparison.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        data = comparison.to_dict()
+        details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
+                                        "profile_correlation", "profile_p_value", "base_circuit")}
         return Outcome(comparison.verdict, detail=comparison.explain(), details=details,
                        circuit=comparison.base_circuit)

@@ -59,6 +59,8 @@ class ClaimResult:
     def decision_text(self) -> str:
         """How the outcome was decided, and how many prompts would decide an undecided claim."""
         rule = "the whole interval against the bound" if self.decide == "ci" else "the point estimate"
+        if self.metric == "verdict":
+            rule = "the verdict's checks (below)"
         text = f"{self.outcome} on {rule}"
         if self.prompts_needed is not None and self.outcome == "INCONCLUSIVE":
             text += f"; about {self.prompts_needed} prompts would decide at the observed effect"
