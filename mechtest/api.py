@@ -47,6 +47,13 @@ class Mechtest:
         return self.models.n_boxes(model if isinstance(model, str) else model.name)
 
     @property
+    def results(self):
+        """Decided claim results on disk (``<cache dir>/claims``), read back for unchanged claims."""
+        from mechtest.result_cache import ResultCache
+
+        return ResultCache(self.settings.cache_dir)
+
+    @property
     def cache(self):
         if self._cache is None:
             from mechtest.cache import ActivationCache

@@ -45,6 +45,7 @@ class Settings:
     report_dir: Path | None = None
     update_snapshots: bool = False
     inconclusive: str | None = None  # "pass" | "fail" | "xfail": overrides every claim's own policy
+    recompute: bool = False  # ignore cached claim results
 
 
 def parse_model_option(text: str) -> tuple[str, str]:
@@ -85,6 +86,7 @@ class ModelRegistry:
         self.fingerprints: dict[str, dict] = {}  # provenance of every model loaded, by name
         self._loaded: dict[str, Any] = {}
         self._refs: dict[str, Any] = {}
+        self._fingerprints: dict[str, str] = {}
 
     @property
     def names(self) -> list[str]:
@@ -112,6 +114,17 @@ class ModelRegistry:
             self.fingerprints[name] = {"model": ref.display, "source": spec.source, "fingerprint": model.fingerprint,
                                        "dtype": str(model.dtype), "shape": list(model.shape)}
         return self._loaded[name]
+
+    def fingerprint(self, name: str) -> str:
+        """The model's fingerprint, without loading it when it is not loaded yet (for the result cache)."""
+        if name in self._loaded:
+            return self._loaded[name].fingerprint
+        if name not in self._fingerprints:
+            from mechtest.model import checkpoint_fingerprint
+
+            self._fingerprints[name] = checkpoint_fingerprint(self.ref(name), dtype=self.settings.dtype,
+                                                              device=self.settings.device)
+        return self._fingerprints[name]
 
     def ref(self, name: str):
         """The resolved files of a configured model (resolved once; a missing one is a ModelLoadError)."""

@@ -50,6 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mechtest-inconclusive", default=None, choices=("pass", "fail", "xfail"),
                     help="what an INCONCLUSIVE claim (its interval straddles the bound) does: fail (default), pass, "
                          "or xfail; overrides each claim's own 'inconclusive'")
+    group.addoption("--mechtest-recompute", action="store_true", default=False,
+                    help="measure every claim again instead of reading unchanged claims' cached results")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
     group.addoption("--mechtest-report", default=None, metavar="DIR",
@@ -140,7 +142,8 @@ def _settings(config: pytest.Config) -> Settings:
     return Settings(models=models, device=device, dtype=dtype, cache_dir=cache_dir,
                     prompts=prompts, report_dir=Path(report).resolve() if report else None,
                     update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
-                    inconclusive=config.getoption("mechtest_inconclusive"))
+                    inconclusive=config.getoption("mechtest_inconclusive"),
+                    recompute=config.getoption("mechtest_recompute"))
 
 
 def _is_controller(config: pytest.Config) -> bool:

@@ -14,6 +14,7 @@ from mechtest.decision import ERROR, INCONCLUSIVE, PASS, decide, look_level, pro
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
 from mechtest.report.result import ClaimResult
+from mechtest.result_cache import claim_key
 
 
 def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[ClaimResult, BaseException | None]:
@@ -33,6 +34,10 @@ def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[Cla
                          ci_high=None, expect=str(claim.expect), passed=False, nodeid=nodeid, n_prompts=sizes[0],
                          seed=seed, n_boxes=claim.n_boxes, decide=claim.decide)
     circuit, raised = None, None
+    key = _cache_key(api, claim, metric, model_name)
+    cached = api.results.get(key) if key else None
+    if cached is not None:
+        return _finished(api, claim, model_name, replace(cached, nodeid=nodeid, cached=True), None), None
     try:
         n_boxes = claim.n_boxes or api.n_boxes(model_name)
         for n in sizes:
@@ -47,13 +52,37 @@ def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[Cla
         raised = e
     policy = api.settings.inconclusive or claim.inconclusive or "fail"
     result = replace(result, passed=result.outcome == PASS or (result.outcome == INCONCLUSIVE and policy == "pass"))
-    if api.settings.report_dir is not None and raised is None and (
-            claim.metric == "path_patching" or not result.passed):
-        from mechtest.report.heatmap import claim_heatmap
+    if key and result.outcome != ERROR:
+        api.results.put(key, result)
+    return _finished(api, claim, model_name, result, circuit) if raised is None else result, raised
 
-        result = replace(result, heatmap=claim_heatmap(api, claim, model_name, circuit, n=result.n_prompts,
-                                                       seed=seed, n_boxes=result.n_boxes))
-    return result, raised
+
+def _finished(api, claim: Claim, model_name: str, result: ClaimResult, circuit) -> ClaimResult:
+    """Draw the heat map of a path-patching claim or a failing claim when ``--mechtest-report`` asks."""
+    if api.settings.report_dir is None or not (claim.metric == "path_patching" or not result.passed):
+        return result
+    from mechtest.report.heatmap import claim_heatmap
+
+    if circuit is None and claim.get("circuit") and not claim.get("circuit").startswith("discovered:"):
+        circuit = api.circuit(claim.get("circuit"))
+    return replace(result, heatmap=claim_heatmap(api, claim, model_name, circuit, n=result.n_prompts,
+                                                 seed=result.seed, n_boxes=result.n_boxes))
+
+
+def _cache_key(api, claim: Claim, metric, model_name: str) -> str | None:
+    """The claim's result-cache key, or None when it is not cacheable (or a model cannot be fingerprinted:
+    the measurement then reports why)."""
+    if not metric.cacheable or api.settings.recompute:
+        return None
+    names = [model_name, *metric.models_needed(claim.params)]
+    try:
+        fingerprints = {name: api.models.fingerprint(name) for name in names}
+    except MechtestError:
+        return None
+    s = api.settings
+    return claim_key(claim, model_name, fingerprints=fingerprints, metric_version=metric.version,
+                     settings={"prompts": s.prompts, "dtype": s.dtype, "device": s.device,
+                               "inconclusive": s.inconclusive})
 
 
 def _decided(result: ClaimResult, claim: Claim, outcome, n: int, n_boxes: int, level: float) -> ClaimResult:

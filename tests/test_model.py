@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import mechtest.fingerprint as fp
 import mechtest.model as mm
 from mechtest.errors import ArchitectureError, DeviceError, ModelLoadError
 from mechtest.heads import hooked, zero_heads
@@ -57,7 +58,7 @@ def test_fingerprint_does_not_depend_on_the_path(llama_dir, tmp_path):
 @pytest.fixture
 def memo(tmp_path, monkeypatch):
     """Memoise every weight file's hash (as for a multi-GB checkpoint) in a memo of this test's own."""
-    monkeypatch.setattr(mm, "_MEMO_FROM", 0)
+    monkeypatch.setattr(fp, "_MEMO_FROM", 0)
     monkeypatch.setenv("MECHTEST_HASH_MEMO", str(tmp_path / "memo"))
     return tmp_path / "memo"
 
@@ -79,16 +80,16 @@ def test_in_place_edit_keeping_size_and_mtime_changes_the_fingerprint(llama_dir,
 
 def test_file_hash_is_memoised_per_file_identity(llama_dir, memo, monkeypatch):
     first = load_model(llama_dir, device="cpu").fingerprint
-    monkeypatch.setattr(mm, "_sha256_file", lambda path: pytest.fail(f"re-hashed {path}"))
+    monkeypatch.setattr(fp, "_sha256_file", lambda path: pytest.fail(f"re-hashed {path}"))
     assert load_model(llama_dir, device="cpu").fingerprint == first  # a stat, no read
 
 
 def test_memo_never_serves_another_files_hash(tmp_path, memo):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"a" * 100)
-    a = mm.file_digest(f)
+    a = fp.file_digest(f)
     f.write_bytes(b"b" * 100)
-    assert mm.file_digest(f) != a
+    assert fp.file_digest(f) != a
 
 
 # --- checkpoint integrity -------------------------------------------------------------------------

@@ -93,6 +93,10 @@ class Metric:
     # "number": a comparison such as ">= 0.9"; "verdict": "preserved" / "not preserved"; "snapshot"
     expects: ClassVar[str] = "number"
     description: ClassVar[str] = ""
+    # results are cached under the claim, the models' fingerprints and ``version``: bump it when ``measure``
+    # changes what it returns; set ``cacheable = False`` when a result depends on more than those
+    version: ClassVar[str] = "1"
+    cacheable: ClassVar[bool] = True
 
     def check(self, params: dict, models: tuple[str, ...], fail) -> None:
         """Cross-field validation; call ``fail(field, message)`` on a problem."""

@@ -12,6 +12,7 @@ from mechtest.spec import GROUPS
 class PathPatchingSnapshot(Metric):
     name = "path_patching"
     expects = "snapshot"
+    cacheable = False  # the outcome depends on the snapshot file (the scores themselves are cached)
     description = "path-patching scores of every head (spec 4), compared with a snapshot within rtol/atol"
     fields = {"group": Field("string", choices=GROUPS), "receivers": Field("table"), "circuit": Field("circuit"),
               "rtol": Field("number", minimum=0), "atol": Field("number", minimum=0),

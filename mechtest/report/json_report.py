@@ -55,7 +55,7 @@ def git_info(rootdir: Path) -> dict | None:
 
 def json_report(results: list[ClaimResult], skipped: list[dict], provenance_: dict) -> dict:
     keys = ("id", "model", "metric", "value", "ci_low", "ci_high", "expect", "outcome", "passed", "n_prompts",
-            "seed", "n_boxes", "nodeid", "heatmap", "error", "details", "decide", "level", "looks", "prompts_needed")
+            "seed", "n_boxes", "nodeid", "heatmap", "error", "details", "decide", "level", "looks", "prompts_needed", "cached")
     claims = [{k: r.to_dict()[k] for k in keys} for r in sorted(results, key=lambda r: (r.nodeid, r.id, r.model))]
     return {"claims": claims,
             "skipped": sorted(skipped, key=lambda s: (s["nodeid"], s["model"])),

@@ -34,6 +34,7 @@ class ClaimResult:
     level: float | None = None  # confidence level of the interval the decision used
     looks: list[int] = field(default_factory=list)  # sample sizes looked at (sequential sampling)
     prompts_needed: int | None = None  # prompts that would decide at the observed effect
+    cached: bool = False  # read back from the claim-result cache (same claim, same weights)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}

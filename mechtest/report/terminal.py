@@ -10,7 +10,8 @@ def summary_lines(results: list[ClaimResult], skipped: list[dict]) -> list[str]:
     rows = [("claim", "model", "measured", "interval", "expected", "result")]
     for r in sorted(results, key=lambda r: (r.id, r.model, r.nodeid)):
         interval = f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]" if r.ci_low is not None else "-"
-        outcome = r.outcome + (" (accepted)" if r.outcome == "INCONCLUSIVE" and r.passed else "")
+        outcome = r.outcome + (" (accepted)" if r.outcome == "INCONCLUSIVE" and r.passed else "") + \
+            (" (cached)" if r.cached else "")
         rows.append((r.id, r.model, fmt(r.value), interval, r.expect, outcome))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
