@@ -72,7 +72,8 @@ def _finished(api, claim: Claim, model_name: str, result: ClaimResult, circuit) 
 def _cache_key(api, claim: Claim, metric, model_name: str) -> str | None:
     """The claim's result-cache key, or None when it is not cacheable (or a model cannot be fingerprinted:
     the measurement then reports why)."""
-    if not metric.cacheable or api.settings.recompute:
+    extra = metric.cache_inputs(claim, model_name, api.settings)
+    if extra is None or api.settings.recompute:
         return None
     names = [model_name, *metric.models_needed(claim.params)]
     try:
@@ -82,7 +83,7 @@ def _cache_key(api, claim: Claim, metric, model_name: str) -> str | None:
     s = api.settings
     return claim_key(claim, model_name, fingerprints=fingerprints, metric_version=metric.version,
                      settings={"prompts": s.prompts, "dtype": s.dtype, "device": s.device,
-                               "inconclusive": s.inconclusive})
+                               "inconclusive": s.inconclusive, **extra})
 
 
 def _decided(result: ClaimResult, claim: Claim, outcome, n: int, n_boxes: int, level: float) -> ClaimResult:

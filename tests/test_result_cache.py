@@ -96,7 +96,19 @@ def test_a_corrupt_entry_is_a_miss(pytester, tmp_path):
     assert outcome(pytester)["cached"] is False
 
 
-def test_snapshot_claims_are_never_read_from_the_result_cache():
+def test_snapshot_claims_are_keyed_on_their_snapshot_file_and_never_cached_on_update(tmp_path):
+    from types import SimpleNamespace
+
+    from mechtest.claims import load_claims
     from mechtest.metrics import REGISTRY
 
-    assert REGISTRY["path_patching"].cacheable is False and REGISTRY["faithfulness"].cacheable is True
+    (tmp_path / "claims.toml").write_text('[[claim]]\nid = "s"\nmetric = "path_patching"\nmodels = ["m"]\n')
+    (claim,) = load_claims(tmp_path / "claims.toml")
+    metric = REGISTRY["path_patching"]
+    plain, update = SimpleNamespace(update_snapshots=False), SimpleNamespace(update_snapshots=True)
+    assert metric.cache_inputs(claim, "m", plain) == {"snapshot": None}
+    snap = tmp_path / "__snapshots__" / "claims" / "s[m].json"
+    snap.parent.mkdir(parents=True)
+    snap.write_text("{}")
+    assert metric.cache_inputs(claim, "m", plain) == {"snapshot": "{}"}
+    assert metric.cache_inputs(claim, "m", update) is None

@@ -112,6 +112,10 @@ class Metric:
     def measure(self, api, claim, model: str, *, n: int, seed: int, n_boxes: int) -> Outcome:
         raise NotImplementedError
 
+    def cache_inputs(self, claim, model: str, settings) -> dict | None:
+        """What else the result depends on, for the result-cache key ({}: nothing; None: do not cache now)."""
+        return {} if self.cacheable else None
+
     def circuit_of(self, api, claim, *, n: int, seed: int):
         """The claim's circuit (a discovered one on the claim's own sample), or None."""
         spec = claim.get("circuit")

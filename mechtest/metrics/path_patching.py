@@ -12,7 +12,12 @@ from mechtest.spec import GROUPS
 class PathPatchingSnapshot(Metric):
     name = "path_patching"
     expects = "snapshot"
-    cacheable = False  # the outcome depends on the snapshot file (the scores themselves are cached)
+    def cache_inputs(self, claim, model: str, settings) -> dict | None:
+        """The outcome also depends on the snapshot file: its content is part of the key; never on update."""
+        if settings.update_snapshots:
+            return None
+        path = snapshot_path(claim, model)
+        return {"snapshot": path.read_text(encoding="utf-8") if path.is_file() else None}
     description = "path-patching scores of every head (spec 4), compared with a snapshot within rtol/atol"
     fields = {"group": Field("string", choices=GROUPS), "receivers": Field("table"), "circuit": Field("circuit"),
               "rtol": Field("number", minimum=0), "atol": Field("number", minimum=0),
