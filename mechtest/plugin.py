@@ -52,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "or xfail; overrides each claim's own 'inconclusive'")
     group.addoption("--mechtest-recompute", action="store_true", default=False,
                     help="measure every claim again instead of reading unchanged claims' cached results")
+    group.addoption("--mechtest-plan", action="store_true", default=False,
+                    help="print each claim's forward passes, whether it is cached and a time estimate; run nothing")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
     group.addoption("--mechtest-report", default=None, metavar="DIR",
@@ -271,6 +273,28 @@ def head_snapshot(snapshot):
 
 
 # ------------------------------------------------------------------------------------------- reports
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session):
+    """With --mechtest-plan: print the cost plan of the collected claims and run nothing. Otherwise, before a
+    serial run, one line with the forward passes the claims will take."""
+    config = session.config
+    items = [i for i in session.items if isinstance(i, ClaimItem)]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if not items or reporter is None or not _is_controller(config) or getattr(config.option, "collectonly", False):
+        return None
+    from mechtest.plan import plan_lines, plan_rows
+
+    if config.getoption("mechtest_plan"):
+        reporter.section("mechtest plan")
+        for line in plan_lines(plan_rows(config.stash[SESSION_KEY], items)):
+            reporter.write_line(line)
+        return True
+    if getattr(config.option, "numprocesses", None) in (None, 0):
+        reporter.write_line(plan_lines(plan_rows(config.stash[SESSION_KEY], items, timed=False))[-1].replace(
+            ", estimated 0.0 s", "") + " (--mechtest-plan for a time estimate)")
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)

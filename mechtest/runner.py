@@ -34,7 +34,7 @@ def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[Cla
                          ci_high=None, expect=str(claim.expect), passed=False, nodeid=nodeid, n_prompts=sizes[0],
                          seed=seed, n_boxes=claim.n_boxes, decide=claim.decide)
     circuit, raised = None, None
-    key = _cache_key(api, claim, metric, model_name)
+    key = cache_key(api, claim, metric, model_name)
     cached = api.results.get(key) if key else None
     if cached is not None:
         return _finished(api, claim, model_name, replace(cached, nodeid=nodeid, cached=True), None), None
@@ -69,7 +69,7 @@ def _finished(api, claim: Claim, model_name: str, result: ClaimResult, circuit) 
                                                  seed=result.seed, n_boxes=result.n_boxes))
 
 
-def _cache_key(api, claim: Claim, metric, model_name: str) -> str | None:
+def cache_key(api, claim: Claim, metric, model_name: str) -> str | None:
     """The claim's result-cache key, or None when it is not cacheable (or a model cannot be fingerprinted:
     the measurement then reports why)."""
     extra = metric.cache_inputs(claim, model_name, api.settings)

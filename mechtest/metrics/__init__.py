@@ -112,6 +112,10 @@ class Metric:
     def measure(self, api, claim, model: str, *, n: int, seed: int, n_boxes: int) -> Outcome:
         raise NotImplementedError
 
+    def forwards(self, claim, n: int, n_heads_total: int) -> int:
+        """Full forward passes (one prompt each) the claim costs, for ``--mechtest-plan``; default: n."""
+        return n
+
     def cache_inputs(self, claim, model: str, settings) -> dict | None:
         """What else the result depends on, for the result-cache key ({}: nothing; None: do not cache now)."""
         return {} if self.cacheable else None
@@ -120,6 +124,12 @@ class Metric:
         """The claim's circuit (a discovered one on the claim's own sample), or None."""
         spec = claim.get("circuit")
         return None if spec is None else api.circuit(spec, n=n, seed=seed)
+
+
+def path_patching_forwards(n: int, n_heads_total: int) -> int:
+    """Full-forward equivalents of the four path-patching steps with the fast engine: every head is a sender
+    in each step, and a sender's run touches ~1-3 of the prompt's positions (about a tenth of a forward)."""
+    return n * (2 + 4 * max(1, n_heads_total // 10))
 
 
 REGISTRY: dict[str, Metric] = {}

@@ -14,6 +14,9 @@ class DCM(Metric):
               "desideratum": Field("string", required=True, choices=DESIDERATA + ADDITIONAL_DESIDERATA),
               "quantity": Field("string", choices=("accuracy", "selected_fraction"))}
 
+    def forwards(self, claim, n, n_heads_total):
+        return 2 * 2 * n + 3 * n  # two training epochs (forward + backward) and the evaluations
+
     def measure(self, api, claim, model, *, n, seed, n_boxes):
         circuit = self.circuit_of(api, claim, n=n, seed=seed)
         found = api.dcm(model, circuit=circuit, group=claim.get("group"), desideratum=claim.get("desideratum"),
@@ -36,6 +39,9 @@ class CMAPAccuracy(Metric):
         if params["source"] in models:
             fail("source", f"the source model {params['source']!r} is also one of the claim's models")
 
+    def forwards(self, claim, n, n_heads_total):
+        return 3 * n  # the donor's run, the patched run, the model's own
+
     def measure(self, api, claim, model, *, n, seed, n_boxes):
         circuit = self.circuit_of(api, claim, n=n, seed=seed)
         group = claim.get("group")
@@ -49,6 +55,9 @@ class KnockoutAccuracy(Metric):
     name = "knockout_accuracy"
     description = "accuracy with an attention edge blocked in every layer >= layer"
     fields = {"layer": Field("int", minimum=0), "edge": Field("string", choices=tuple(KNOCKOUT_EDGES))}
+
+    def forwards(self, claim, n, n_heads_total):
+        return 2 * n
 
     def measure(self, api, claim, model, *, n, seed, n_boxes):
         layer = claim.get("layer", 0)

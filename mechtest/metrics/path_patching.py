@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mechtest.metrics import Field, Metric, Outcome, register_metric
+from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
 from mechtest.spec import GROUPS
 
 
@@ -22,6 +22,9 @@ class PathPatchingSnapshot(Metric):
     fields = {"group": Field("string", choices=GROUPS), "receivers": Field("table"), "circuit": Field("circuit"),
               "rtol": Field("number", minimum=0), "atol": Field("number", minimum=0),
               "tolerance": Field("number", minimum=0)}
+
+    def forwards(self, claim, n, n_heads_total):
+        return path_patching_forwards(n, n_heads_total)
 
     def check(self, params, models, fail):
         for group, k in params.get("receivers", {}).items():
