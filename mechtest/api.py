@@ -91,7 +91,7 @@ class Mechtest:
 
         model, n, n_boxes = self._sample(model, n, n_boxes, seed)
         return self._memoised(("dataset", model.name, n, n_boxes, seed),
-                              lambda: make_dataset(model.tokenizer, n, n_boxes=n_boxes, seed=seed))
+                              lambda: _fitted(model, make_dataset(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
 
     def reference(self, model, *, n: int | None = None, n_boxes: int | None = None, seed: int = 0):
         """Mean-ablation reference prompts (``mean_ablation_set``, the same contexts' seed)."""
@@ -99,7 +99,7 @@ class Mechtest:
 
         model, n, n_boxes = self._sample(model, n, n_boxes, seed)
         return self._memoised(("reference", model.name, n, n_boxes, seed),
-                              lambda: mean_ablation_set(model.tokenizer, n, n_boxes=n_boxes, seed=seed))
+                              lambda: _fitted(model, mean_ablation_set(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
 
     def circuit(self, spec, *, n: int | None = None, seed: int = 0):
         """``paper:llama|goat|float``, a JSON file (relative paths: the rootdir), ``discovered:<model>``, or a
@@ -144,7 +144,7 @@ class Mechtest:
             sizes = scaled(PAPER_CANDIDATES, model.n_layers * model.n_heads)
             scores = self.path_patching(model, n=n, seed=seed, n_boxes=n_boxes)
             found = candidate_circuit(scores.steps, sizes)
-            return Discovery(Circuit(found.groups, f"discovered:{model.name}"), scores, sizes,
+            return Discovery(Circuit(found.groups, f"discovered:{model.name}").found_in(model), scores, sizes,
                              self._receivers(model), n, seed)
 
         return self._memoised(("discover", model.name, n, n_boxes, seed), compute)
@@ -269,6 +269,14 @@ class Mechtest:
         return self._memoised(
             ("knockout", model.name, edge, layers, len(data), data.n_boxes, seed),
             lambda: attention_knockout(model, data, edge, start_layers=layers, seed=seed, progress=False))
+
+
+def _fitted(model, dataset):
+    """The dataset, once checked to fit the model's context (an error before any forward otherwise)."""
+    from mechtest.forward import check_fits
+
+    check_fits(model, dataset)
+    return dataset
 
 
 def _circuit_key(circuit) -> tuple:

@@ -34,9 +34,31 @@ def last_logits(model, input_ids: torch.Tensor, last_pos: torch.Tensor,
     return logits[rows, last_pos.to(logits.device) - offset].float()
 
 
+def context_length(model) -> int | None:
+    """The longest input the model was built for (``max_position_embeddings`` / ``n_positions``), if it says."""
+    config = model.hf.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, dataset) -> None:
+    """Refuse prompts longer than the model's context before any forward: past it, positions are garbage
+    (learned position tables run out, RoPE extrapolates) and every number would be silently wrong."""
+    from mechtest.errors import TaskError
+
+    limit, length = context_length(model), int(dataset.input_ids.shape[1])
+    if limit is not None and length > limit:
+        raise TaskError(f"prompts of {length} tokens ({dataset.n_boxes} boxes) are longer than {model.name!r}'s "
+                        f"context of {limit} positions; use fewer boxes")
+
+
 def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: EditsForBatch | None = None,
                    progress: str | None = None) -> torch.Tensor:
     """(n, vocab) float32 last-position logits over a whole dataset, batch by batch (on CPU)."""
+    check_fits(model, dataset)
     n = len(dataset)
     chunks = []
     starts = range(0, n, batch_size)

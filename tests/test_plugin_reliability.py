@@ -108,3 +108,46 @@ def test_any_exception_in_a_claim_is_an_error_row_and_in_the_json(pytester, monk
     claim = json.loads((pytester.path / "out.json").read_text())["claims"][0]
     assert claim["outcome"] == "ERROR" and claim["error"] == "IndexError: index 7 is out of bounds for " \
                                                              "dimension 0 with size 3"
+
+
+def test_a_circuit_found_on_another_shape_is_refused_unless_the_claim_says_so(pytester, tmp_path):
+    circuit = tmp_path / "c.json"
+    circuit.write_text(json.dumps({"value_fetcher": [[1, 0]], "pos_transmitter": [[0, 1]],
+                                   "found_on": {"n_layers": 3, "n_heads": 8, "model_type": "llama"}}))
+    body = f'[[claim]]\nid = "f"\nmetric = "faithfulness"\ncircuit = "{circuit}"\nmodels = ["zoo-base"]\n' \
+           'n_prompts = 30\nexpect = ">= 0"\n'
+    pytester.makefile(".toml", claims=body)
+    result = run(pytester, f"--mechtest-cache-dir={tmp_path / 'cache'}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*CircuitError: circuit 'c' was found on a llama model with 3 layers x 8 heads*"
+                                 "any_shape = true*"])
+    pytester.makefile(".toml", claims=body + "any_shape = true\n")
+    run(pytester, f"--mechtest-cache-dir={tmp_path / 'cache'}").assert_outcomes(passed=1)
+
+
+def test_prompts_longer_than_the_context_are_refused_before_any_forward(pytester, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(BASE, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["max_position_embeddings"] = 16
+    (ckpt / "config.json").write_text(json.dumps(config))
+    pytester.makefile(".toml", claims='[[claim]]\nid = "acc"\nmetric = "accuracy"\nmodels = ["m"]\n'
+                                       'n_prompts = 6\nexpect = ">= 0"\n')
+    result = run(pytester, "--mechtest-model", f"m={ckpt}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*TaskError: prompts of * tokens (* boxes) are longer than 'm''s context of 16*"])
+
+
+def test_a_tokenizer_without_the_template_words_is_refused():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from mechtest.errors import TokenizerError
+    from mechtest.tasks.entity_tracking import make_dataset
+
+    words = ["<unk>", "The", "the", "is", "in", ",", ".", "contains", "apple", "car", "A", "B"]  # no "Box"
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    with pytest.raises(TokenizerError, match=r"maps template word\(s\) \['Box'\] to its unknown token"):
+        make_dataset(fast, 4, n_boxes=2, objects=["apple", "car"], labels=["A", "B"])

@@ -41,11 +41,11 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
     scores = path_patching(model, base, corrupt, receivers=receivers, seed=seed, batch_size=batch_size,
                            progress=progress)
     circuit = candidate_circuit(scores.steps, sizes)
-    circuit = Circuit(circuit.groups, f"discovered:{model.name}")
+    circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
     report = None
     if minimal:
         reference = mean_ablation_set(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 2)
         circuit, report = minimality(model, circuit, base, reference, threshold=threshold, cache=cache)
-        circuit = Circuit(circuit.groups, f"discovered:{model.name}")
+        circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
     return Discovery(circuit, scores, sizes, receivers, n_prompts, seed, report)
 

@@ -196,4 +196,4 @@ def minimality(model, circuit: Circuit, dataset, reference, *, threshold: float 
             if score < threshold:
                 drop_pruned.append(v)
         kept = kept.without(drop_pruned)
-    return Circuit(kept.groups, f"{circuit.name}-minimal"), report
+    return Circuit(kept.groups, f"{circuit.name}-minimal", circuit.found_on), report

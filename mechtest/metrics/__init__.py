@@ -121,9 +121,13 @@ class Metric:
         return {} if self.cacheable else None
 
     def circuit_of(self, api, claim, *, n: int, seed: int):
-        """The claim's circuit (a discovered one on the claim's own sample), or None."""
+        """The claim's circuit (a discovered one on the claim's own sample), or None; ``any_shape = true``
+        drops the shape the circuit records, to apply it to a model of another shape by index."""
         spec = claim.get("circuit")
-        return None if spec is None else api.circuit(spec, n=n, seed=seed)
+        if spec is None:
+            return None
+        circuit = api.circuit(spec, n=n, seed=seed)
+        return circuit.any_shape() if claim.get("any_shape") else circuit
 
 
 def path_patching_forwards(n: int, n_heads_total: int) -> int:
@@ -131,6 +135,9 @@ def path_patching_forwards(n: int, n_heads_total: int) -> int:
     in each step, and a sender's run touches ~1-3 of the prompt's positions (about a tenth of a forward)."""
     return n * (2 + 4 * max(1, n_heads_total // 10))
 
+
+# every metric with a ``circuit`` field also takes this one
+ANY_SHAPE = Field("bool", doc="apply a circuit found on another shape anyway (heads matched by index)")
 
 REGISTRY: dict[str, Metric] = {}
 
@@ -141,6 +148,8 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
         raise ClaimError(f"{cls.__name__}: a metric needs a non-empty string name")
     if cls.expects not in ("number", "verdict", "snapshot"):
         raise ClaimError(f"metric {cls.name!r}: expects must be 'number', 'verdict' or 'snapshot'")
+    if any(f.kind == "circuit" for f in cls.fields.values()) and "any_shape" not in cls.fields:
+        cls.fields = {**cls.fields, "any_shape": ANY_SHAPE}
     for key, spec in cls.fields.items():
         if spec.kind not in _KINDS:
             raise ClaimError(f"metric {cls.name!r}: field {key!r} has unknown kind {spec.kind!r}; "

@@ -73,6 +73,7 @@ def usable_vocabulary(tokenizer, objects=None, labels=None) -> Vocabulary:
     name = tokenizer_name(tokenizer)
 
     template_ids = set(encode_batch(tokenizer, [_SKELETON])[0])
+    check_template_words(tokenizer, template_ids)
     kept_labels, label_ids, dropped_labels = _filter(
         tokenizer, labels, _LABEL_LEFTS, _LABEL_RIGHTS, template_ids, "label", strict_labels
     )
@@ -178,3 +179,15 @@ def check_n(n) -> None:
 
 def encode_batch(tokenizer, texts, special: bool = False) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=special)["input_ids"]]
+
+
+def check_template_words(tokenizer, template_ids: set[int]) -> None:
+    """Refuse a tokenizer that maps a word of the template itself to its unknown token: every prompt would
+    then contain an ``<unk>`` the model never learned to read, and the layout search could match it."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in template_ids:
+        return
+    words = [w for w in dict.fromkeys(_SKELETON.replace(",", " ,").replace(".", " .").split())
+             if unk in encode_batch(tokenizer, [" " + w])[0]]
+    raise TokenizerError(f"tokenizer {tokenizer_name(tokenizer)} maps template word(s) {words or ['?']} to its "
+                         "unknown token; the entity-tracking prompts cannot be written for it")
