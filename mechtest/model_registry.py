@@ -46,6 +46,7 @@ class Settings:
     update_snapshots: bool = False
     inconclusive: str | None = None  # "pass" | "fail" | "xfail": overrides every claim's own policy
     recompute: bool = False  # ignore cached claim results
+    max_models: int | None = None  # at most this many models resident; the least recently used is released
 
 
 def parse_model_option(text: str) -> tuple[str, str]:
@@ -99,8 +100,13 @@ class ModelRegistry:
         return f"model {name!r} is not configured: pass --mechtest-model {name}=PATH"
 
     def load(self, name: str):
-        """The loaded model called ``name``; a test asking for an unconfigured model is skipped."""
-        if name not in self._loaded:
+        """The loaded model called ``name``; a test asking for an unconfigured model is skipped.
+
+        With ``max_models``, loading one more releases the least recently used (a suite over four 7B
+        checkpoints then needs memory for ``max_models`` of them, not four)."""
+        if name in self._loaded:
+            self._loaded[name] = self._loaded.pop(name)  # most recently used last
+        else:
             spec = self.settings.models.get(name)
             if spec is None:
                 import pytest
@@ -109,11 +115,30 @@ class ModelRegistry:
             from mechtest.model import load_model
 
             ref = self.ref(name)
+            self._make_room()
             model = load_model(ref, dtype=self.settings.dtype, device=self.settings.device, name=name)
             self._loaded[name] = model
             self.fingerprints[name] = {"model": ref.display, "source": spec.source, "fingerprint": model.fingerprint,
                                        "dtype": str(model.dtype), "shape": list(model.shape)}
         return self._loaded[name]
+
+    def _make_room(self) -> None:
+        limit = self.settings.max_models
+        while limit is not None and self._loaded and len(self._loaded) >= limit:
+            oldest = next(iter(self._loaded))
+            self._fingerprints[oldest] = self._loaded.pop(oldest).fingerprint
+            import gc
+
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    @property
+    def resident(self) -> list[str]:
+        """Names of the models in memory now, least recently used first."""
+        return list(self._loaded)
 
     def fingerprint(self, name: str) -> str:
         """The model's fingerprint, without loading it when it is not loaded yet (for the result cache)."""

@@ -54,6 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="measure every claim again instead of reading unchanged claims' cached results")
     group.addoption("--mechtest-plan", action="store_true", default=False,
                     help="print each claim's forward passes, whether it is cached and a time estimate; run nothing")
+    group.addoption("--mechtest-max-models", type=int, default=None, metavar="N",
+                    help="keep at most N models in memory; loading another releases the least recently used")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
     group.addoption("--mechtest-report", default=None, metavar="DIR",
@@ -125,7 +127,7 @@ def _settings(config: pytest.Config) -> Settings:
         known = {"float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"}
         if dtype.lower() not in known:
             raise pytest.UsageError(f"--mechtest-dtype: unknown dtype {dtype!r}; use one of {', '.join(sorted(known))}")
-    device = config.getoption("mechtest_device")
+    device = worker_device(config.getoption("mechtest_device"), getattr(config, "workerinput", {}).get("workerid"))
     if device is not None:
         from mechtest.model import check_device
 
@@ -145,7 +147,28 @@ def _settings(config: pytest.Config) -> Settings:
                     prompts=prompts, report_dir=Path(report).resolve() if report else None,
                     update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
                     inconclusive=config.getoption("mechtest_inconclusive"),
-                    recompute=config.getoption("mechtest_recompute"))
+                    recompute=config.getoption("mechtest_recompute"),
+                    max_models=_positive(config.getoption("mechtest_max_models"), "--mechtest-max-models"))
+
+
+def worker_device(device: str | None, worker_id: str | None, n_gpus: int | None = None) -> str | None:
+    """Under ``pytest -n N`` on a machine with several GPUs, worker ``gwI`` takes ``cuda:(I mod count)`` unless
+    the user pinned a device (``cuda:K``, ``cpu``, ``auto``): one model per GPU instead of N on the first."""
+    if worker_id is None or device not in (None, "cuda") or not worker_id.startswith("gw"):
+        return device
+    if n_gpus is None:
+        import torch
+
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus < 2:
+        return device
+    return f"cuda:{int(worker_id[2:]) % n_gpus}"
+
+
+def _positive(value: int | None, option: str) -> int | None:
+    if value is not None and value < 1:
+        raise pytest.UsageError(f"{option} must be >= 1, got {value}")
+    return value
 
 
 def _is_controller(config: pytest.Config) -> bool:

@@ -181,3 +181,26 @@ def test_marker_parametrizes_over_models(pytester):
     result.assert_outcomes(passed=2, skipped=1, errors=1)
     result.stdout.fnmatch_lines(["*needs @pytest.mark.mechtest_models*"])
     result.stdout.fnmatch_lines(["*model 'absent-model' is not configured*"])
+
+
+def test_xdist_workers_spread_over_gpus():
+    from mechtest.plugin import worker_device
+
+    assert [worker_device(None, f"gw{i}", n_gpus=4) for i in range(6)] == \
+        ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert worker_device("cuda", "gw3", n_gpus=2) == "cuda:1"
+    assert worker_device("cuda:0", "gw3", n_gpus=4) == "cuda:0"  # pinned by the user
+    assert worker_device("auto", "gw3", n_gpus=4) == "auto" and worker_device("cpu", "gw1", n_gpus=4) == "cpu"
+    assert worker_device(None, "gw1", n_gpus=1) is None and worker_device(None, None, n_gpus=4) is None
+
+
+def test_at_most_max_models_are_resident(pytester):
+    pytester.makepyfile("""
+        def test_lru(mechtest):
+            for name in ("zoo-base", "zoo-finetuned", "zoo-other", "zoo-base"):
+                mechtest.model(name)
+            assert mechtest.models.resident == ["zoo-other", "zoo-base"]
+            assert set(mechtest.models.fingerprints) == {"zoo-base", "zoo-finetuned", "zoo-other"}
+            assert mechtest.models.fingerprint("zoo-finetuned") == mechtest.model("zoo-finetuned").fingerprint
+    """)
+    run(pytester, "--mechtest-max-models", "2").assert_outcomes(passed=1)
