@@ -22,7 +22,7 @@ import torch
 
 from mechtest.errors import CircuitError, MechtestError
 from mechtest.forward import dataset_logits
-from mechtest.heads import attention_module, masked_replace, run_and_read
+from mechtest.heads import attention_module, hooked, masked_replace, run_and_read
 from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
 from mechtest.measure import Measurement, proportion
@@ -142,20 +142,16 @@ def _head_terms(module: torch.nn.Module, z: torch.Tensor, heads: torch.Tensor, n
 
 @contextmanager
 def _contributions(model, donor, per_layer) -> Iterator[None]:
-    """Forward hooks on the receiver's output projections swapping in the donor heads' W_O terms."""
-    handles = []
-    try:
-        for layer, (mask, donor_z) in per_layer.items():
-            where = mask.nonzero(as_tuple=True)  # (rows, pos, heads)
-            with torch.no_grad():
-                z = donor_z[tuple(w.to(donor_z.device) for w in where)]
-                donor_terms = _head_terms(_o_proj(donor, layer), z, where[2], donor.n_heads)
-            handles.append(_o_proj(model, layer).register_forward_hook(
-                _swap_terms(model, where, donor_terms.to(model.device))))
+    """Edits of the receiver's output projections swapping in the donor heads' W_O terms."""
+    edits = {}
+    for layer, (mask, donor_z) in per_layer.items():
+        where = mask.nonzero(as_tuple=True)  # (rows, pos, heads)
+        with torch.no_grad():
+            z = donor_z[tuple(w.to(donor_z.device) for w in where)]
+            donor_terms = _head_terms(_o_proj(donor, layer), z, where[2], donor.n_heads)
+        edits[("o_proj_output", layer)] = _swap_terms(model, where, donor_terms.to(model.device))
+    with hooked(model, edits):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _swap_terms(model, where, donor_terms: torch.Tensor):

@@ -19,7 +19,7 @@ import torch
 
 from mechtest.errors import HeadIndexError, MechtestError
 from mechtest.forward import _progress, dataset_logits
-from mechtest.heads import attention_module, check_layer
+from mechtest.heads import check_layer, hooked
 from mechtest.measure import Measurement, proportion
 
 from mechtest.spec import KNOCKOUT_EDGES as EDGES
@@ -84,15 +84,8 @@ def knocked_out(model, from_pos: torch.Tensor, to_pos: torch.Tensor, layers: Seq
         check_layer(model, layer)
     if bool((to_pos > from_pos).any()):
         raise HeadIndexError("a knocked-out edge points to a later position, which causal attention never reads")
-    handles = []
-    try:
-        for layer in layers:
-            handles.append(attention_module(model, layer).register_forward_pre_hook(
-                _mask_hook(from_pos, to_pos), with_kwargs=True))
+    with hooked(model, {("attention_inputs", layer): _mask_hook(from_pos, to_pos) for layer in layers}):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def knockout_correct(model, dataset, from_pos: torch.Tensor, to_pos: torch.Tensor, start_layer: int, *,
