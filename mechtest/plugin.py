@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="print each claim's forward passes, whether it is cached and a time estimate; run nothing")
     group.addoption("--mechtest-max-models", type=int, default=None, metavar="N",
                     help="keep at most N models in memory; loading another releases the least recently used")
+    group.addoption("--mechtest-progress", default="auto", choices=("auto", "yes", "no"),
+                    help="one line per claim with its forward passes and estimated time, shown through pytest's "
+                         "capture: auto = on a terminal and not under CI (default), yes, no")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
     group.addoption("--mechtest-report", default=None, metavar="DIR",
@@ -171,6 +175,18 @@ def _positive(value: int | None, option: str) -> int | None:
     return value
 
 
+def _progress_reporter(config: pytest.Config):
+    """The terminal reporter when per-claim progress should show (a terminal, not CI, not xdist), else None."""
+    choice = config.getoption("mechtest_progress")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or choice == "no" or not _is_controller(config) or \
+            getattr(config.option, "numprocesses", None) not in (None, 0):
+        return None
+    if choice == "yes" or (reporter.isatty and not os.environ.get("CI")):
+        return reporter
+    return None
+
+
 def _is_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
 
@@ -232,7 +248,19 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         from mechtest.runner import run_claim
 
+        started = time.perf_counter()
+        reporter = _progress_reporter(self.config)
+        if reporter is not None:
+            from mechtest.plan import plan_lines, plan_rows
+
+            row = plan_rows(self.config.stash[SESSION_KEY], [self])[0]
+            reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: " + (
+                "cached" if row.cached else plan_lines([row])[-1].split(": ", 1)[1].replace(" to run (0 claims "
+                                                                                           "cached)", "")))
         result, raised = run_claim(self.config.stash[SESSION_KEY], self.claim, self.model_name, self.nodeid)
+        if reporter is not None:
+            reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: {result.outcome} in "
+                                f"{time.perf_counter() - started:.1f} s")
         self.config.stash[LOG_KEY].results.append(result)
         self.user_properties.extend(result.properties())
         if raised is not None:

@@ -55,3 +55,13 @@ def test_a_serial_run_announces_its_forward_passes(pytester, tmp_path):
     pytester.makefile(".toml", claims=CLAIMS)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={tmp_path}")
     result.stdout.fnmatch_lines(["3 claims: 280 forward passes to run (0 claims cached) (--mechtest-plan*"])
+
+
+def test_progress_lines_go_through_the_capture_when_asked(pytester, tmp_path):
+    pytester.makefile(".toml", claims=CLAIMS)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={tmp_path}",
+                                          "--mechtest-progress=yes")
+    result.stdout.fnmatch_lines(["mechtest: acc[[]zoo-planted[]]: 70 forward passes, estimated *",
+                                 "mechtest: acc[[]zoo-planted[]]: PASS in * s"])
+    quiet = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={tmp_path}")
+    assert "mechtest: acc[" not in quiet.stdout.str()  # not a terminal: no progress unless asked
