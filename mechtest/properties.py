@@ -7,43 +7,47 @@ draws ``max_examples`` prompts from a seeded Hypothesis strategy, evaluates them
 one prompt at a time (the batch's verdicts reused), so Hypothesis shrinks to the smallest failing prompt:
 fewest boxes, then first objects and labels, then the earliest query position.
 
-Hand-written tests use :func:`prompts` in ``@given`` and a property's ``check(example)``. Torch is imported
-inside the functions that run models, so importing this module is cheap.
+Hand-written tests use :func:`prompts` in ``@given`` and a property's ``check(example)``. The prompts run
+through :mod:`mechtest.methods.predictions` (``run``, ``run_circuit``, ``run_knockout``, also importable from
+here); torch and Hypothesis load inside the functions that use them, so importing this module is free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, Phase, Verbosity, given, seed as hypothesis_seed, settings
-from hypothesis import strategies as st
-
 from mechtest.errors import MechtestError
-from mechtest.spec import KNOCKOUT_EDGES
 
 KINDS = ("agrees_with:<model>", "circuit_agrees", "knockout_breaks", "knockout_keeps")
-# edges fixed by the prompt alone (a random key would differ between a batch and a replayed single prompt)
-EDGES = tuple(name for name, (_, to) in KNOCKOUT_EDGES.items() if to != "random")
 _SESSIONS: list = []  # the plugin's Mechtest while a pytest session runs (bind), for prompts("name")
+# running prompts through a model, a circuit or a knockout: mechtest.methods.predictions (imports torch)
+_PREDICTIONS = ("EDGES", "Prediction", "run", "run_circuit", "run_knockout", "reference_means")
+
+
+def __getattr__(name: str):
+    if name in _PREDICTIONS:
+        from mechtest.methods import predictions
+
+        return getattr(predictions, name)
+    raise AttributeError(f"module 'mechtest.properties' has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------ prompts
 
 def bind(api) -> None:
-    """Make ``api`` (the session's Mechtest) resolve model names given to :func:`prompts` (plugin hook)."""
+    """Let ``api`` (the session's Mechtest) resolve model names given to :func:`prompts` (plugin hook)."""
     _SESSIONS.append(api)
 
 
 def unbind(api) -> None:
-    if api in _SESSIONS:
-        _SESSIONS.remove(api)
+    _SESSIONS[:] = [s for s in _SESSIONS if s is not api]
 
 
 def prompts(model, n_boxes=None, *, min_boxes: int = 2, max_boxes: int | None = None, api=None,
-            objects=None, labels=None) -> st.SearchStrategy:
+            objects=None, labels=None):
     """Single-prompt examples valid for ``model``'s tokenizer (a loaded model, a tokenizer, or a name).
 
     A name is resolved when the first example is drawn, through ``api`` or the running pytest session (an
@@ -51,6 +55,8 @@ def prompts(model, n_boxes=None, *, min_boxes: int = 2, max_boxes: int | None = 
     time. ``n_boxes`` (an int or a strategy) wins over ``min_boxes``..``max_boxes`` (default: up to the
     model's box count for a name, else 7).
     """
+    from hypothesis import strategies as st
+
     from mechtest.tasks.strategies import entity_tracking_examples
 
     if isinstance(model, str):
@@ -69,72 +75,6 @@ def _named_prompts(name, n_boxes, min_boxes, max_boxes, api, objects, labels):
     model = api.model(name)
     return prompts(model, n_boxes, min_boxes=min_boxes, max_boxes=max_boxes or api.n_boxes(model),
                    objects=objects, labels=labels)
-
-
-# ---------------------------------------------------------------------------------- running prompts
-
-@dataclass(frozen=True)
-class Prediction:
-    """The argmax token at the answer position, its probability, and the prompt's answer's probability."""
-
-    token_id: int
-    token: str
-    prob: float
-    answer_prob: float
-    correct: bool
-
-
-def run(model, examples, *, edits_for_batch=None, batch_size: int = 256) -> list[Prediction]:
-    """Predictions of ``model`` on ``examples`` (a dataset or a list of one-prompt examples), batched by shape."""
-    from mechtest.forward import dataset_logits
-
-    return _by_shape(examples, batch_size, lambda batch: _predictions(model, batch, dataset_logits(
-        model, batch, batch_size=len(batch),
-        edits_for_batch=None if edits_for_batch is None else edits_for_batch(batch))))
-
-
-def run_circuit(model, circuit, examples, means, *, batch_size: int = 256) -> list[Prediction]:
-    """Predictions with every head outside ``circuit`` mean-ablated (spec 5.1); ``means`` is a tensor for the
-    examples' layout or a callable n_boxes -> tensor (:func:`reference_means`)."""
-    from mechtest.methods.evaluation import ablation_edits
-
-    def edits(batch):
-        m = means(batch.n_boxes) if callable(means) else means
-        return ablation_edits(model, batch, m, keep=circuit)
-
-    return run(model, examples, edits_for_batch=edits, batch_size=batch_size)
-
-
-def run_knockout(model, examples, edge: str, layer: int = 0, *, batch_size: int = 256) -> list[Prediction]:
-    """Predictions with attention ``edge`` blocked in every head of every layer >= ``layer`` (spec 8)."""
-    from mechtest.forward import dataset_logits
-    from mechtest.methods.knockout import edge_positions, knocked_out
-
-    if edge not in EDGES:
-        raise MechtestError(f"unknown property edge {edge!r}; use one of {', '.join(EDGES)}")
-
-    def one(batch):
-        src, dst = edge_positions(batch, edge)
-        with knocked_out(model, src, dst, range(layer, model.n_layers)):
-            return _predictions(model, batch, dataset_logits(model, batch, batch_size=len(batch)))
-
-    return _by_shape(examples, batch_size, one)
-
-
-def reference_means(model, *, n: int = 100, seed: int = 0, cache=None) -> Callable[[int], object]:
-    """Mean-ablation means per box count (``mean_ablation_set`` of ``n`` prompts), computed once each."""
-    from mechtest.methods.evaluation import ablation_means
-    from mechtest.tasks.entity_tracking import mean_ablation_set
-
-    memo: dict[int, object] = {}
-
-    def for_boxes(n_boxes: int):
-        if n_boxes not in memo:
-            ref = mean_ablation_set(model.tokenizer, n, n_boxes=n_boxes, seed=seed)
-            memo[n_boxes] = ablation_means(model, ref, cache=cache)
-        return memo[n_boxes]
-
-    return for_boxes
 
 
 def session_means(api, model, *, n: int | None = None, seed: int = 0) -> Callable[[int], object]:
@@ -178,11 +118,15 @@ class Property:
         return self.check_all([example])[0]
 
     def check_all(self, examples) -> list[Verdict]:
-        return _by_shape(examples, 256, self.evaluate)
+        from mechtest.methods.predictions import per_layout
+
+        return per_layout(examples, 256, self.evaluate)
 
 
 def agrees_with(base, candidate) -> Property:
     """On every prompt ``base`` answers correctly, ``candidate`` does too."""
+    from mechtest.methods.predictions import run
+
     same = _same_tokenizer(base.tokenizer, candidate.tokenizer)
 
     def evaluate(batch):
@@ -197,6 +141,8 @@ def agrees_with(base, candidate) -> Property:
 
 def circuit_agrees(model, circuit, means) -> Property:
     """With only ``circuit``'s heads (every other head mean-ablated) ``model`` gives its full answer."""
+    from mechtest.methods.predictions import run, run_circuit
+
     circuit.check(model)
 
     def evaluate(batch):
@@ -209,22 +155,26 @@ def circuit_agrees(model, circuit, means) -> Property:
 
 def knockout_breaks(model, edge: str, layer: int = 0) -> Property:
     """Blocking ``edge`` in every layer >= ``layer`` makes ``model`` miss the answer."""
-    def evaluate(batch):
-        ko, full = run_knockout(model, batch, edge, layer), run(model, batch)
-        return [_verdict(batch, i, not k.correct, f"not {_answer(batch, i)!r}", f.answer_prob, k.token, k.prob)
-                for i, (k, f) in enumerate(zip(ko, full))]
-
-    return Property("knockout_breaks", evaluate)
+    return _knockout("knockout_breaks", model, edge, layer)
 
 
 def knockout_keeps(model, edge: str, layer: int = 0) -> Property:
     """Blocking ``edge`` in every layer >= ``layer`` leaves ``model``'s answer as it was."""
+    return _knockout("knockout_keeps", model, edge, layer)
+
+
+def _knockout(name: str, model, edge: str, layer: int) -> Property:
+    from mechtest.methods.predictions import run, run_knockout
+
+    breaks = name == "knockout_breaks"
+
     def evaluate(batch):
         ko, full = run_knockout(model, batch, edge, layer), run(model, batch)
-        return [_verdict(batch, i, k.token_id == f.token_id, repr(f.token), f.prob, k.token, k.prob)
-                for i, (k, f) in enumerate(zip(ko, full))]
+        return [_verdict(batch, i, not k.correct if breaks else k.token_id == f.token_id,
+                         f"not {_answer(batch, i)!r}" if breaks else repr(f.token),
+                         f.answer_prob if breaks else f.prob, k.token, k.prob) for i, (k, f) in enumerate(zip(ko, full))]
 
-    return Property("knockout_keeps", evaluate)
+    return Property(name, evaluate)
 
 
 def from_spec(api, spec: str, model: str, *, circuit=None, edge: str | None = None, layer: int = 0,
@@ -240,6 +190,8 @@ def from_spec(api, spec: str, model: str, *, circuit=None, edge: str | None = No
         return circuit_agrees(loaded, api.circuit(circuit), session_means(api, loaded, n=n_reference, seed=seed))
     if spec in ("knockout_breaks", "knockout_keeps"):
         if edge is None:
+            from mechtest.methods.predictions import EDGES
+
             raise MechtestError(f"property {spec!r} needs an edge ({', '.join(EDGES)})")
         return (knockout_breaks if spec == "knockout_breaks" else knockout_keeps)(loaded, edge, layer)
     raise MechtestError(f"unknown property {spec!r}; use one of {', '.join(KINDS)}")
@@ -268,13 +220,13 @@ class PropertyResult:
         return 1 - self.n_failures / self.n_examples if self.n_examples else math.nan
 
     def explain(self) -> str:
-        head = (f"property {self.name} holds on {self.n_examples - self.n_failures} of {self.n_examples} "
+        text = (f"property {self.name} holds on {self.n_examples - self.n_failures} of {self.n_examples} "
                 f"generated prompts (seed {self.seed})")
-        if self.minimal is None:
-            return head
-        how = "minimal failing prompt (shrunk by Hypothesis)" if self.shrunk else "first failing prompt"
-        return f"{head}; {how}:\n" + self.minimal.explain() + \
-            f"\nreproduce: check_property(..., max_examples={self.n_examples}, seed={self.seed})"
+        if self.minimal is not None:
+            how = "minimal failing prompt (shrunk by Hypothesis)" if self.shrunk else "smallest failing prompt seen"
+            text += (f"; {how}:\n{self.minimal.explain()}\n"
+                     f"reproduce: check_property(..., max_examples={self.n_examples}, seed={self.seed})")
+        return text
 
     def to_details(self) -> dict:
         return {"property": self.name, "holds": self.holds, "n_examples": self.n_examples,
@@ -283,17 +235,19 @@ class PropertyResult:
                 "n_forwards": self.n_forwards, "n_shrink_forwards": self.n_shrink_forwards}
 
 
-def check_property(prop: Property, examples: st.SearchStrategy, *, max_examples: int = 200, seed: int = 0,
+def check_property(prop: Property, examples, *, max_examples: int = 200, seed: int = 0,
                    batch_size: int = 256, shrink: bool = True) -> PropertyResult:
     """Evaluate ``prop`` on ``max_examples`` prompts drawn from ``examples`` with ``seed``, batched; when some
     fail, replay the seeded search one prompt at a time so Hypothesis shrinks to the minimal failure."""
     if max_examples < 1:
         raise MechtestError(f"max_examples must be >= 1, got {max_examples}")
+    from mechtest.methods.predictions import layout_groups, stack
+
     drawn = _draw(examples, max_examples, seed)
     memo: dict[str, Verdict] = {}
-    groups = _shapes(drawn, batch_size)
+    groups = layout_groups(drawn, batch_size)
     for group in groups:
-        batch = _stack(group)
+        batch = stack(group)
         memo.update(zip(batch.prompts, prop.evaluate(batch)))
     failures = [memo[ex.prompts[0]] for ex in drawn if not memo[ex.prompts[0]].holds]
     minimal, shrunk, single = None, False, [0]
@@ -310,7 +264,9 @@ class _Fails(Exception):
     """Raised inside the replayed search on a failing prompt (never escapes check_property)."""
 
 
-def _settings(max_examples: int, phases) -> settings:
+def _settings(max_examples: int, phases):
+    from hypothesis import HealthCheck, Verbosity, settings
+
     # every setting that changes which prompts are drawn is fixed here, whatever profile is loaded
     return settings(max_examples=max_examples, phases=phases, database=None, deadline=None, derandomize=False,
                     verbosity=Verbosity.quiet, report_multiple_bugs=False, print_blob=False,
@@ -318,6 +274,8 @@ def _settings(max_examples: int, phases) -> settings:
 
 
 def _draw(strategy, n: int, seed: int) -> list:
+    from hypothesis import Phase, given, seed as hypothesis_seed
+
     drawn: list = []
 
     @_settings(n, (Phase.generate,))
@@ -332,6 +290,8 @@ def _draw(strategy, n: int, seed: int) -> list:
 
 def _shrunk(prop: Property, strategy, n: int, seed: int, memo: dict, single: list) -> Verdict | None:
     """The same seeded search as :func:`_draw`, now failing: Hypothesis's last call is its minimal example."""
+    from hypothesis import Phase, given, seed as hypothesis_seed
+
     seen: list[Verdict] = []
 
     @_settings(n, (Phase.generate, Phase.shrink))
@@ -354,54 +314,6 @@ def _shrunk(prop: Property, strategy, n: int, seed: int, memo: dict, single: lis
 
 
 # ------------------------------------------------------------------------------------ internals
-
-def _shapes(examples: Sequence, batch_size: int) -> list[list]:
-    """One-prompt examples grouped by layout (box count, length), in chunks of ``batch_size``."""
-    groups: dict[tuple, list] = {}
-    for ex in examples:
-        groups.setdefault((ex.n_boxes, tuple(ex.input_ids.shape)), []).append(ex)
-    return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-
-
-def _by_shape(examples, batch_size: int, fn) -> list:
-    """Apply ``fn`` (batch -> one result per row) to a dataset or list of examples, in the input order."""
-    if not isinstance(examples, (list, tuple)):
-        return list(fn(examples)) if len(examples) <= batch_size else \
-            [r for s in range(0, len(examples), batch_size) for r in fn(examples[s:s + batch_size])]
-    rows = [ex[i] for ex in examples for i in range(len(ex))] if any(len(ex) > 1 for ex in examples) \
-        else list(examples)
-    order = {id(r): k for k, r in enumerate(rows)}
-    out: list = [None] * len(rows)
-    for group in _shapes(rows, batch_size):
-        for r, res in zip(group, fn(_stack(group))):
-            out[order[id(r)]] = res
-    return out
-
-
-def _stack(rows: list):
-    """One dataset from one-prompt examples of the same layout."""
-    import torch
-
-    if len(rows) == 1:
-        return rows[0]
-    first = rows[0]
-    tensors = {f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in dataclasses.fields(first)
-               if isinstance(getattr(first, f.name), torch.Tensor)}
-    tuples = {name: sum((getattr(r, name) for r in rows), ()) for name in ("prompts", "objects", "labels",
-                                                                           "query_labels")}
-    return dataclasses.replace(first, **tensors, **tuples)
-
-
-def _predictions(model, batch, logits) -> list[Prediction]:
-    import torch
-
-    probs = torch.softmax(logits, -1)
-    top, ids = probs.max(-1)
-    rows = torch.arange(len(batch))
-    answer = probs[rows, batch.answer_ids]
-    return [Prediction(int(ids[i]), model.tokenizer.decode([int(ids[i])]).strip(), float(top[i]), float(answer[i]),
-                       int(ids[i]) == int(batch.answer_ids[i])) for i in range(len(batch))]
-
 
 def _verdict(batch, i, holds, expected, expected_prob, produced, produced_prob) -> Verdict:
     return Verdict(bool(holds), batch.prompts[i], batch.n_boxes, int(batch.queried_index[i]), expected,
