@@ -235,10 +235,15 @@ class PropertyResult:
                 "n_forwards": self.n_forwards, "n_shrink_forwards": self.n_shrink_forwards}
 
 
-def check_property(prop: Property, examples, *, max_examples: int = 200, seed: int = 0,
+def check_property(prop: Property, examples, *, max_examples: int | None = None, seed: int = 0,
                    batch_size: int = 256, shrink: bool = True) -> PropertyResult:
-    """Evaluate ``prop`` on ``max_examples`` prompts drawn from ``examples`` with ``seed``, batched; when some
-    fail, replay the seeded search one prompt at a time so Hypothesis shrinks to the minimal failure."""
+    """Evaluate ``prop`` on ``max_examples`` prompts (default: the loaded Hypothesis profile's) drawn from
+    ``examples`` with ``seed``, batched; when some fail, replay the seeded search one prompt at a time so
+    Hypothesis shrinks to the minimal failure. The seed, not Hypothesis's database, decides the prompts."""
+    if max_examples is None:
+        from hypothesis import settings
+
+        max_examples = settings().max_examples
     if max_examples < 1:
         raise MechtestError(f"max_examples must be >= 1, got {max_examples}")
     from mechtest.methods.predictions import layout_groups, stack

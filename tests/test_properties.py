@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mechtest import properties as P
 from mechtest.claims import load_claims
@@ -61,6 +62,24 @@ def broken_from_box(model, first_box: int):
 def test_prompts_by_name_resolve_through_the_session(example):
     assert len(example) == 1 and 3 <= example.n_boxes <= 5
     assert example.prompts[0].endswith("contains the")
+
+
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_prompts_drawn_inside_a_test_through_the_fixture(mechtest, data):
+    example = data.draw(P.prompts("zoo-planted", 3, api=mechtest))
+    assert example.n_boxes == 3 and P.from_spec(mechtest, "agrees_with:zoo-planted-b", "zoo-planted").check(example).holds
+
+
+def test_the_number_of_examples_defaults_to_the_hypothesis_profile(planted):
+    settings.register_profile("props-test", max_examples=7)
+    previous = settings.get_current_profile_name()
+    settings.load_profile("props-test")
+    try:
+        result = P.check_property(P.knockout_keeps(planted, "last->query_label", 3), P.prompts(planted, 2))
+    finally:
+        settings.load_profile(previous)
+    assert result.n_examples == 7 and result.holds
 
 
 def test_prompts_need_a_session_for_a_name(planted):
@@ -262,6 +281,7 @@ def test_malformed_property_claims_fail_at_collection(tmp_path, fields, message)
 HAND_WRITTEN = f'''
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from mechtest import properties
 
 
