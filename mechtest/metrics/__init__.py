@@ -163,4 +163,4 @@ def get_metric(name: str) -> Metric:
 
 
 # the shipped metrics register themselves on import
-from mechtest.metrics import circuit, interventions, path_patching, verdict  # noqa: E402,F401
+from mechtest.metrics import circuit, interventions, path_patching, property, verdict  # noqa: E402,F401
