@@ -26,6 +26,7 @@ _LAZY = {
                     "mechtest.methods.evaluation"),
     **dict.fromkeys(["Claim", "Expectation", "load_claims"], "mechtest.claims"),
     "Mechtest": "mechtest.api",
+    "prompts": "mechtest.properties",
     "MechtestSession": "mechtest.api",  # the name before 0.2
     **dict.fromkeys(["Metric", "Field", "Outcome", "register_metric"], "mechtest.metrics"),
     "run_claim": "mechtest.runner",

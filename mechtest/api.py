@@ -101,6 +101,12 @@ class Mechtest:
         return self._memoised(("reference", model.name, n, n_boxes, seed),
                               lambda: _fitted(model, mean_ablation_set(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
 
+    def prompts(self, model, n_boxes=None, **options):
+        """A Hypothesis strategy of one-prompt examples for ``model``'s tokenizer (:func:`mechtest.properties.prompts`)."""
+        from mechtest.properties import prompts
+
+        return prompts(model, n_boxes, api=self, **options)
+
     def circuit(self, spec, *, n: int | None = None, seed: int = 0):
         """``paper:llama|goat|float``, a JSON file (relative paths: the rootdir), ``discovered:<model>``, or a
         Circuit."""

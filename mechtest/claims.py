@@ -214,7 +214,7 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     return Claim(id=table["id"], metric=metric_name, models=tuple(models), expect=expect,
                  n_prompts=table.get("n_prompts", DEFAULT_N_PROMPTS), seed=table.get("seed", 0),
                  n_boxes=table.get("n_boxes"), path=path, description=table.get("description", ""), params=params,
-                 decide=table.get("decide", DEFAULT_RULE), inconclusive=table.get("inconclusive"),
+                 decide=table.get("decide", metric.default_decide), inconclusive=table.get("inconclusive"),
                  max_prompts=table.get("max_prompts", DEFAULT_MAX_PROMPTS))
 
 

@@ -83,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
                    "configured models (all=True: every configured model); absent models are skipped")
     config.addinivalue_line("markers", "mechtest_claim: an item collected from a mechtest claim file")
     config.stash[SESSION_KEY] = Mechtest(_settings(config), rootdir=config.rootpath)
+    from mechtest import properties
+    properties.bind(config.stash[SESSION_KEY])  # prompts("name") in @given resolves through this session
     config.stash[LOG_KEY] = RunLog()
     if _is_controller(config) and config.getoption("mechtest_clear_cache"):
         from mechtest.cache import ActivationCache
@@ -90,6 +92,11 @@ def pytest_configure(config: pytest.Config) -> None:
         ActivationCache(config.stash[SESSION_KEY].settings.cache_dir).clear()
     if config.pluginmanager.hasplugin("xdist") and _is_controller(config):
         config.pluginmanager.register(_XdistController(config.stash[LOG_KEY]), "mechtest-xdist")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from mechtest import properties
+    properties.unbind(config.stash.get(SESSION_KEY, None))
 
 
 def _settings(config: pytest.Config) -> Settings:

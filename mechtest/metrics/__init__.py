@@ -97,6 +97,7 @@ class Metric:
     # changes what it returns; set ``cacheable = False`` when a result depends on more than those
     version: ClassVar[str] = "1"
     cacheable: ClassVar[bool] = True
+    default_decide: ClassVar[str] = "ci"  # the rule (mechtest.decision) when a claim sets no decide
 
     def check(self, params: dict, models: tuple[str, ...], fail) -> None:
         """Cross-field validation; call ``fail(field, message)`` on a problem."""
@@ -163,4 +164,5 @@ def get_metric(name: str) -> Metric:
 
 
 # the shipped metrics register themselves on import
-from mechtest.metrics import circuit, interventions, path_patching, property, verdict  # noqa: E402,F401
+from mechtest.metrics import circuit, interventions, path_patching, verdict  # noqa: E402,F401
+from mechtest.metrics import property as _property  # noqa: E402,F401  (not the builtin)
