@@ -49,11 +49,18 @@ class StepResult:
     scores: torch.Tensor
     n_prompts: int
     seed: int
+    verified: torch.Tensor | None = None  # (layers, heads) bool: scored exactly; None = all of them
 
     def top(self, k: int, exclude: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-        """The k heads with the most negative scores (spec 4.3), ties broken by head order."""
+        """The k heads with the most negative scores (spec 4.3), ties broken by head order.
+
+        When only some heads were scored exactly (``verified``, attribution triage), those rank first.
+        """
         flat = self.scores.flatten()
         order = torch.argsort(flat, stable=True)
+        if self.verified is not None:
+            exact = self.verified.flatten()[order]
+            order = torch.cat([order[exact], order[~exact]])
         n_heads = self.scores.shape[1]
         skip = set(map(tuple, exclude))
         heads = [divmod(int(i), n_heads) for i in order]
@@ -70,6 +77,13 @@ class PathPatchingResult:
 
 # Spec 4.4: the four steps, in discovery order, with the paper's Llama receiver counts as defaults.
 DEFAULT_RECEIVERS = {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}
+# (group, sender/receiver position, group whose top-k are the receivers, receiver site)
+PLAN = (
+    ("value_fetcher", "last", None, None),
+    ("pos_transmitter", "last", "value_fetcher", "q"),
+    ("pos_detector", "query_label", "pos_transmitter", "v"),
+    ("struct_reader", "query_context", "pos_detector", "v"),
+)
 
 
 def path_patching(model, base, corrupt, *, receivers: dict[str, int] | None = None, seed: int = 0,
@@ -78,14 +92,8 @@ def path_patching(model, base, corrupt, *, receivers: dict[str, int] | None = No
                   ) -> PathPatchingResult:
     """Run the steps of spec 4.4 in order; each step's top-k heads are the next step's receivers."""
     k = {**DEFAULT_RECEIVERS, **(receivers or {})}
-    plan = [
-        ("value_fetcher", "last", None, None),
-        ("pos_transmitter", "last", "value_fetcher", "q"),
-        ("pos_detector", "query_label", "pos_transmitter", "v"),
-        ("struct_reader", "query_context", "pos_detector", "v"),
-    ]
     result = PathPatchingResult()
-    for group, position, previous, site in plan:
+    for group, position, previous, site in PLAN:
         if group not in groups:
             continue
         recv: tuple = ()

@@ -44,12 +44,24 @@ def fast_scores(model, ctx: BatchContext, step: Step, senders, max_rows, budget)
 def _fast_chunk(model, ctx: BatchContext, step: Step, senders, ex: torch.Tensor, p: int, last: int) -> torch.Tensor:
     """Scores (len(senders), len(ex)) for examples ``ex`` that share P_start = p and the last position."""
     n_s, n_e = len(senders), len(ex)
+    logits, recorded = run_a(model, ctx, step, senders, ex, p)
+    if not step.receivers:
+        rows = torch.arange(n_s * n_e, device=ex.device)
+        prob = logits[:, -1].float().softmax(-1)[rows, ctx.answers[ex.repeat(n_s)]].view(n_s, n_e)
+    else:
+        prob = _run_b(model, ctx, step, recorded, ex, p, last, n_s)
+    return (prob - ctx.p_clean[ex][None]) / ctx.p_clean[ex][None]
+
+
+def run_a(model, ctx: BatchContext, step: Step, senders, ex: torch.Tensor, p: int):
+    """Run A for every (sender, example) row at once: the token at p alone, every head output frozen, the
+    sender's taking the corrupt value. Rows are sender-major (row i * len(ex) + e). Returns the logits (no
+    receivers) or None, and the receivers' recorded q/v per layer, (rows, 1, heads, dim)."""
+    n_s, n_e = len(senders), len(ex)
     rows = n_s * n_e
-    ex_rows = ex.repeat(n_s)                                   # row r = i * n_e + e: sender i, example e
+    ex_rows = ex.repeat(n_s)
     token = ctx.ids[ex_rows, p][:, None]
     position = torch.full((rows, 1), p, device=ex.device)
-
-    # Run A: the token at p alone, every head output frozen, the sender's taking the corrupt value.
     edits = {}
     for l in range(model.n_layers):
         values = ctx.clean[l][ex_rows, p].clone()             # (rows, heads, dim)
@@ -64,17 +76,13 @@ def _fast_chunk(model, ctx: BatchContext, step: Step, senders, ex: torch.Tensor,
     if layers:  # nothing above the last receiver matters in run A: stop the forward pass there
         edits[(step.receiver_site, layers[-1])] = [record(recorded, layers[-1]), stop_forward]
     first = min(l for l, _ in senders)
+    out = None
     try:
         with torch.no_grad(), hooked(model, edits), start_at_layer(model, first, ctx.resid[first, ex_rows, p][:, None]):
             out = model.hf(input_ids=token, position_ids=position, use_cache=False)
     except StopForward:
         pass
-    if not step.receivers:
-        prob = out.logits[:, -1].float().softmax(-1)[torch.arange(rows, device=ex.device), ctx.answers[ex_rows]]
-        prob = prob.view(n_s, n_e)
-    else:
-        prob = _run_b(model, ctx, step, recorded, ex, p, last, n_s)
-    return (prob - ctx.p_clean[ex][None]) / ctx.p_clean[ex][None]
+    return (out.logits if out is not None and not layers else None), recorded
 
 
 def _run_b(model, ctx: BatchContext, step: Step, recorded: dict, ex, p: int, last: int, n_s: int) -> torch.Tensor:
