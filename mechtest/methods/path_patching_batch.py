@@ -146,3 +146,57 @@ def make_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
         return DynamicCache(ddp_cache_data=kv)
     except TypeError:  # transformers < 4.56
         return DynamicCache.from_legacy_cache(tuple(kv))
+
+
+def prefix_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], repeats: int):
+    """A cache over each layer's clean prefix, shared by ``repeats`` sender-major copies of its rows.
+
+    Each layer holds the prefix once, (rows, kv_heads, p, dim); appending a suffix writes prefix and suffix
+    into one new tensor, the only copy (a DynamicCache would gather the repeats, copy them in, then
+    concatenate). Layers that never run keep the prefix as is. Falls back to a plain DynamicCache where
+    transformers has no per-layer cache objects.
+    """
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:  # transformers < 4.56
+        return make_cache([(k.repeat(repeats, 1, 1, 1), v.repeat(repeats, 1, 1, 1)) for k, v in kv])
+
+    class PrefixLayer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values, self.is_initialized, self.device = keys, values, True, keys.device
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self.keys, self.values = _join(self.keys, key_states, repeats), _join(self.values, value_states, repeats)
+            return self.keys, self.values
+
+    cache = DynamicCache()
+    cache.layers = [PrefixLayer(k, v) for k, v in kv]
+    return cache
+
+
+def _join(prefix: torch.Tensor, suffix: torch.Tensor, repeats: int) -> torch.Tensor:
+    rows, heads, p, dim = prefix.shape
+    out = suffix.new_empty(repeats * rows, heads, p + suffix.shape[2], dim)
+    out.view(repeats, rows, heads, -1, dim)[:, :, :, :p] = prefix
+    out[:, :, p:] = suffix
+    return out
+
+
+@contextmanager
+def fused_attention(model):
+    """Let the model use PyTorch's fused attention (SDPA) for the ``with`` block.
+
+    mechtest loads models with eager attention (attention knockout edits its mask); the engines here
+    only edit q/k/v and head outputs, which both implementations compute the same way, while eager
+    attention materialises, masks and normalises every score in separate passes.
+    """
+    configs = {id(m.config): m.config for m in model.hf.modules()
+               if getattr(getattr(m, "config", None), "_attn_implementation", None) == "eager"}
+    try:
+        for config in configs.values():
+            config._attn_implementation = "sdpa"
+        yield
+    finally:
+        for config in configs.values():
+            config._attn_implementation = "eager"
