@@ -30,14 +30,21 @@ def fast_scores(model, ctx: BatchContext, step: Step, senders, max_rows, budget)
     # sender's layer run B is the clean run: the score is exactly 0 and needs no forward pass.
     top = max((l for l, _ in step.receivers), default=None)
     active = [i for i, (l, _) in enumerate(senders) if top is None or l < top]
+    # Run B of a sender starts at the lowest receiver layer above it; chunks never mix start layers, so
+    # none recomputes layers that cannot differ for any of its senders.
+    layers = receiver_layers(model, step)
+    by_start: dict[int, list[int]] = {}
+    for i in active:
+        by_start.setdefault(min((r for r in layers if r > senders[i][0]), default=0), []).append(i)
     groups = torch.stack([ctx.p_start, ctx.last], dim=1)
     for p, last in torch.unique(groups, dim=0).tolist():
         ex = torch.nonzero((ctx.p_start == p) & (ctx.last == last)).flatten()
         chunk = _senders_per_chunk(model, step, len(ex), p, last - p + 1, max_rows, budget)
-        for s0 in range(0, len(active), chunk):
-            idx = active[s0:s0 + chunk]
-            scores = _fast_chunk(model, ctx, step, [senders[i] for i in idx], ex, p, last).cpu()
-            out[torch.tensor(idx)[:, None], ex.cpu()[None, :]] = scores
+        for part in by_start.values():
+            for s0 in range(0, len(part), chunk):
+                idx = part[s0:s0 + chunk]
+                scores = _fast_chunk(model, ctx, step, [senders[i] for i in idx], ex, p, last).cpu()
+                out[torch.tensor(idx)[:, None], ex.cpu()[None, :]] = scores
     return out
 
 
@@ -49,7 +56,7 @@ def _fast_chunk(model, ctx: BatchContext, step: Step, senders, ex: torch.Tensor,
         rows = torch.arange(n_s * n_e, device=ex.device)
         prob = logits[:, -1].float().softmax(-1)[rows, ctx.answers[ex.repeat(n_s)]].view(n_s, n_e)
     else:
-        prob = _run_b(model, ctx, step, recorded, ex, p, last, n_s)
+        prob = _run_b(model, ctx, step, recorded, ex, p, last, n_s, min(l for l, _ in senders))
     return (prob - ctx.p_clean[ex][None]) / ctx.p_clean[ex][None]
 
 
@@ -85,20 +92,21 @@ def run_a(model, ctx: BatchContext, step: Step, senders, ex: torch.Tensor, p: in
     return (out.logits if out is not None and not layers else None), recorded
 
 
-def _run_b(model, ctx: BatchContext, step: Step, recorded: dict, ex, p: int, last: int, n_s: int) -> torch.Tensor:
+def _run_b(model, ctx: BatchContext, step: Step, recorded: dict, ex, p: int, last: int, n_s: int,
+           low: int) -> torch.Tensor:
     """Run B for n_s senders at once: positions p..last on top of each example's clean key/value prefix.
 
     Short suffixes are packed on the sequence axis: each example's positions are repeated n_s times
     (block i = sender i) over ONE copy of its prefix, and a 4D mask lets every block see the prefix and,
     causally, only itself. Long suffixes (longer than the prefix) would make that mask's wasted attention
-    dominate, so there each (sender, example) is its own row over a copied prefix. Either way each block
+    dominate, so there each (sender, example) is its own row over the shared prefix (``prefix_cache``). Either way each block
     or row computes exactly the suffix of a separate run B whose receivers read sender i's q/v at p.
     """
     n_e, s = len(ex), last - p + 1
     device = ctx.ids.device
-    # receivers below every sender of the chunk were not run in run A: their q/v are the clean ones,
-    # which is what run B computes for them anyway
-    patched = {l: heads for l, heads in receivers_by_layer(model, step).items() if l in recorded}
+    # receivers at or below every sender (layer ``low`` and under) read the clean q/v, which is what run
+    # B computes for them anyway
+    patched = {l: heads for l, heads in receivers_by_layer(model, step).items() if l > low}
     first = min(patched)
     if _packed(p, s):
         starts = torch.arange(n_s, device=device) * s
@@ -157,8 +165,8 @@ def _senders_per_chunk(model, step: Step, n_e: int, p: int, s: int, max_rows: in
         logits = n_e * n_s * model.vocab_size * 4 * 2
         if packed:
             work = n_e * model.n_heads * (n_s * s) * (p + n_s * s) * 4 * 3  # attention scores
-        elif step.receivers:  # the copied prefix, once when built and once when the suffix is appended
-            work = n_e * n_s * 2 * 2 * model.n_layers * model.n_kv_heads * (p + s) * model.head_dim * element
+        elif step.receivers:  # each layer's keys and values, prefix and suffix, one copy (prefix_cache)
+            work = n_e * n_s * 2 * model.n_layers * model.n_kv_heads * (p + s) * model.head_dim * element
         else:
             work = 0
         if logits + work <= budget:
