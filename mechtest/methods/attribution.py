@@ -99,15 +99,15 @@ def triage(model, base, corrupt, *, receivers: dict[str, int] | None = None, siz
         est = attribution_step(model, base, corrupt, step, seed=seed, batch_size=batch_size, method=method,
                                metric=metric, progress=progress)
         needed = max(sizes.get(group, 0), k.get(following.get(group), 0), 1)
-        candidates = _candidates(est, max(minimum, math.ceil(margin * needed)))
-        exact = patch_step(model, base, corrupt, step, seed=seed, batch_size=batch_size, senders=candidates,
+        chosen = candidates(est, max(minimum, math.ceil(margin * needed)))
+        exact = patch_step(model, base, corrupt, step, seed=seed, batch_size=batch_size, senders=chosen,
                            progress=progress)
         mask = torch.zeros_like(est.scores, dtype=torch.bool)
-        mask[tuple(zip(*candidates))] = True
+        mask[tuple(zip(*chosen))] = True
         scores = torch.where(mask, exact.scores, est.scores)
         result.steps[group] = StepResult(step, scores, exact.n_prompts, seed, verified=mask)
         estimates.steps[group] = est
-        verified[group] = tuple(sorted(candidates))
+        verified[group] = tuple(sorted(chosen))
     return Triage(result, estimates, verified)
 
 
@@ -137,7 +137,7 @@ def attribution_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_s
                            reach=None if reach is None else (reach / n).float())
 
 
-def _candidates(est: AttributionStep, n: int) -> list[tuple[int, int]]:
+def candidates(est: AttributionStep, n: int) -> list[tuple[int, int]]:
     """The n heads to verify: most negative estimates, interleaved with the largest reach when known."""
     by_score = est.top(est.scores.numel())
     if est.reach is None:
