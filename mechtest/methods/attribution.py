@@ -20,6 +20,8 @@ Two known failure modes, two options:
 The estimate only ranks heads. ``triage`` turns it into exact results: score all heads by attribution,
 run the exact engine on the top candidates (``margin`` times what the next step and the circuit need, at
 least ``minimum``) and rank the verified heads first; ``verified`` says which heads carry exact scores.
+Triage is exact whenever the exact top-k lies inside the candidates; that is measured, not guaranteed
+(benchmarks/attribution.py), and it only saves time where run B dominates (many heads, long suffixes).
 """
 
 from __future__ import annotations
