@@ -9,7 +9,9 @@ from hypothesis import settings
 from mechtest.tasks.strategies import register_profiles
 
 register_profiles()
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# --hypothesis-profile (read later, by Hypothesis's pytest plugin) wins over this; HYPOTHESIS_PROFILE is kept as a
+# fallback for environments that cannot pass options
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_configure(config):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mechtest.model import load_model
-from mechtest.zoo.vocab import build_tokenizer, vocabulary
+from tools.zoo.vocab import build_tokenizer, vocabulary
 
 
 def random_llama(*, layers: int, heads: int, hidden: int, intermediate: int, kv_heads: int | None = None,

@@ -25,14 +25,18 @@ _LAZY = {
     **dict.fromkeys(["accuracy", "faithfulness", "completeness", "random_circuit_faithfulness", "minimality"],
                     "mechtest.methods.evaluation"),
     **dict.fromkeys(["Claim", "Expectation", "load_claims"], "mechtest.claims"),
-    "MechtestSession": "mechtest.session",
+    "Mechtest": "mechtest.api",
+    "prompts": "mechtest.properties",
+    "MechtestSession": "mechtest.api",  # the name before 0.2
+    **dict.fromkeys(["Metric", "Field", "Outcome", "register_metric"], "mechtest.metrics"),
+    "run_claim": "mechtest.runner",
     "HeadSnapshotExtension": "mechtest.snapshots",
     "ClaimResult": "mechtest.report",
     **dict.fromkeys(["dcm", "functionality_patching", "DCMResult"], "mechtest.methods.dcm"),
     "cmap": "mechtest.methods.cmap",
     **dict.fromkeys(["attention_knockout", "KnockoutCurve"], "mechtest.methods.knockout"),
     **dict.fromkeys(["compare", "Comparison"], "mechtest.methods.compare"),
-    "Measurement": "mechtest.stats",
+    "Measurement": "mechtest.measure",
     "ActivationCache": "mechtest.cache",
 }
 

@@ -9,6 +9,9 @@ Concurrency: a reader needs no lock (files only ever appear whole, through ``os.
 ``FileLock`` on ``<path>.lock``, checks again, computes, writes a temporary file in the same directory, fsyncs
 it and renames it into place. Workers racing on one key therefore compute it once and share the file; a writer
 killed mid-write leaves only a stray temporary file, which the next writer of that key removes.
+
+Permissions: cache and lock files get the mode the process umask gives any new file (mkstemp alone would make
+them 0600), so a cache directory shared by a group works for all its members.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ class ActivationCache:
             return cached
 
         self._ensure_dir(path.parent)
-        lock = filelock.FileLock(f"{path}.lock", timeout=self.lock_timeout)
+        lock = filelock.FileLock(f"{path}.lock", timeout=self.lock_timeout, mode=0o666 & ~_umask())
         try:
             lock.acquire()
         except filelock.Timeout as exc:
@@ -202,6 +205,9 @@ class ActivationCache:
         except OSError as exc:
             raise CacheError(f"cannot create a file in cache directory {path.parent}: {exc}") from exc
         try:
+            # mkstemp makes 0600 files; a cache shared between users (a group-writable directory) needs the
+            # mode every other file of this process gets
+            os.chmod(tmp, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as fh:
                 _write_all(fh, data)
                 fh.flush()
@@ -216,6 +222,13 @@ class ActivationCache:
                 raise CacheError(f"cannot write cache file {path}: {exc}") from exc
             raise
         _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_all(fh, data: bytes) -> None:

@@ -27,49 +27,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechtest.decision import DEFAULT_MAX_PROMPTS, DEFAULT_RULE, POLICIES, RULES
 from mechtest.errors import CircuitError, ClaimError
+from mechtest.metrics import REGISTRY, Field
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
-# mirrors mechtest.tasks.entity_tracking (kept here so validating a claim file does not import torch)
-DESIDERATA = ("positional", "object_value", "box_label_value", "random_text_start", "random_text_end",
-              "add_tokens_btw_box_and_obj", "add_seg_start", "add_seg_end", "add_box_before_correct_segment",
-              "incorrect_segment", "altered_box_obj_order", "altered_box_obj_association", "no_comma", "add_comma")
-DCM_QUANTITIES = ("accuracy", "selected_fraction")
-# mirrors mechtest.methods.knockout.EDGES
-KNOCKOUT_EDGES = ("last->object", "last->query_label", "query_label->query_context", "last->random",
-                  "query_label->random")
 VERDICTS = ("preserved", "not preserved")
-
-# field -> (python types, description used in errors)
-_INT = ((int,), "an integer")
-_NUM = ((int, float), "a number")
-_STR = ((str,), "a string")
-_STRLIST = ((list,), "a list of strings")
-_TABLE = ((dict,), "a table")
-
-COMMON_FIELDS = {
-    "id": _STR, "metric": _STR, "models": _STRLIST, "expect": _STR, "description": _STR,
-    "n_prompts": _INT, "seed": _INT, "n_boxes": _INT,
-}
-# metric -> (required metric-specific fields, optional metric-specific fields)
-METRICS: dict[str, tuple[dict, dict]] = {
-    "accuracy": ({}, {"circuit": _STR, "ablation": _STR}),
-    "faithfulness": ({"circuit": _STR}, {"ablation": _STR}),
-    "completeness": ({"circuit": _STR}, {"ablation": _STR, "mode": _STR, "n_draws": _INT}),
-    "random_circuit_faithfulness": ({"circuit": _STR}, {"ablation": _STR, "n_draws": _INT}),
-    "path_patching": ({}, {"group": _STR, "receivers": _TABLE, "circuit": _STR, "rtol": _NUM, "atol": _NUM,
-                           "tolerance": _NUM}),
-    "dcm": ({"circuit": _STR, "group": _STR, "desideratum": _STR}, {"quantity": _STR}),
-    "cmap_accuracy": ({"source": _STR}, {"circuit": _STR, "group": _STR}),
-    "knockout_accuracy": ({}, {"layer": _INT, "edge": _STR}),
-    "verdict": ({"base": _STR}, {}),
-}
 DEFAULT_N_PROMPTS = 500
+
+# fields every claim may have, whatever its metric
+COMMON_FIELDS: dict[str, Field] = {
+    "id": Field("string", required=True), "metric": Field("string", required=True),
+    "models": Field("strings", required=True), "expect": Field("string"), "description": Field("string"),
+    "n_prompts": Field("count", minimum=1), "max_prompts": Field("int", minimum=1),
+    "seed": Field("int", minimum=0), "n_boxes": Field("int", minimum=2),
+    "decide": Field("string", choices=RULES), "inconclusive": Field("string", choices=POLICIES),
+}
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CMP = re.compile(rf"^\s*(>=|<=|>|<)\s*({_NUMBER})\s*$")
@@ -90,14 +67,17 @@ class Expectation:
 
     @classmethod
     def parse(cls, text: str, *, metric: str = "") -> Expectation:
-        if metric == "verdict":
+        """Parse ``text`` for a metric (its registry entry says whether it expects a number, a verdict or a
+        snapshot)."""
+        expects = REGISTRY[metric].expects if metric in REGISTRY else "number"
+        if expects == "verdict":
             word = " ".join(text.split()).lower()
             if word not in VERDICTS:
                 raise ValueError(f'expect must be "preserved" or "not preserved" for a verdict, got {text!r}')
             return cls(text, "verdict", verdict=word)
-        if metric == "path_patching":
+        if expects == "snapshot":
             if text.strip().lower() != "snapshot":
-                raise ValueError(f'a path_patching claim compares with its snapshot: expect must be "snapshot" '
+                raise ValueError(f'a {metric} claim compares with its snapshot: expect must be "snapshot" '
                                  f"(or left out), got {text!r}")
             return cls(text, "snapshot")
         if m := _CMP.match(text):
@@ -115,7 +95,7 @@ class Expectation:
         if self.op == "verdict":
             return str(value) == self.verdict
         if self.op == "snapshot":
-            return bool(value)
+            return value in ("matches", "updated")
         v = float(value)
         if math.isnan(v):
             return False
@@ -137,11 +117,14 @@ class Claim:
     metric: str
     models: tuple[str, ...]
     expect: Expectation
-    n_prompts: int
+    n_prompts: int | str  # "auto": sequential sampling up to max_prompts
     seed: int
     n_boxes: int | None
     path: Path
     description: str = ""
+    decide: str = DEFAULT_RULE  # "ci" | "estimate" (mechtest.decision)
+    inconclusive: str | None = None  # "fail" | "pass" | "xfail"; None: the run's default (fail)
+    max_prompts: int = DEFAULT_MAX_PROMPTS
     params: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def get(self, key: str, default=None):
@@ -175,6 +158,7 @@ def load_claims(path: str | Path, *, rootdir: str | Path | None = None) -> list[
 
 
 def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path | None = None) -> Claim:
+    """One ``[[claim]]`` table -> a Claim, validated against the common fields and its metric's fields."""
     name = table.get("id") if isinstance(table.get("id"), str) else f"#{index + 1}"
 
     def fail(fieldname: str, message: str):
@@ -183,25 +167,27 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     for required in ("id", "metric", "models"):
         if required not in table:
             fail(required, "missing (every claim needs id, metric and models)")
-    _check_type(table, "id", _STR, fail)
-    _check_type(table, "metric", _STR, fail)
-    metric = table["metric"]
-    if metric not in METRICS:
-        fail("metric", f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
-    required, optional = METRICS[metric]
-    allowed = {**COMMON_FIELDS, **required, **optional}
+    for key in ("id", "metric"):
+        if problem := COMMON_FIELDS[key].check(key, table[key]):
+            fail(key, problem)
+    metric_name = table["metric"]
+    if metric_name not in REGISTRY:
+        fail("metric", f"unknown metric {metric_name!r}; known metrics: {', '.join(REGISTRY)}")
+    metric = REGISTRY[metric_name]
+    allowed = {**COMMON_FIELDS, **metric.fields}
     for key in table:
         if key not in allowed:
-            fail(key, f"unknown key for metric {metric!r}; allowed keys: {', '.join(sorted(allowed))}")
+            fail(key, f"unknown key for metric {metric_name!r}; allowed keys: {', '.join(sorted(allowed))}")
+    required = [k for k, f in metric.fields.items() if f.required]
     for key in required:
         if key not in table:
-            fail(key, f"missing (metric {metric!r} needs {', '.join(required)})")
-    if "expect" not in table and metric != "path_patching":
-        fail("expect", f"missing; use {EXPECT_GRAMMAR}" if metric != "verdict"
+            fail(key, f"missing (metric {metric_name!r} needs {', '.join(required)})")
+    if "expect" not in table and metric.expects != "snapshot":
+        fail("expect", f"missing; use {EXPECT_GRAMMAR}" if metric.expects == "number"
              else 'missing; use "preserved" or "not preserved"')
     for key, spec in allowed.items():
-        if key in table:
-            _check_type(table, key, spec, fail)
+        if key in table and (problem := spec.check(key, table[key])):
+            fail(key, problem)
 
     if not table["id"].strip() or re.search(r"[\[\]:\s]", table["id"]):
         fail("id", f"{table['id']!r} must be non-empty, without spaces, brackets or colons")
@@ -211,56 +197,25 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     if len(set(models)) != len(models):
         fail("models", f"duplicate model names in {models!r}")
     try:
-        expect = Expectation.parse(table.get("expect", "snapshot"), metric=metric)
+        expect = Expectation.parse(table.get("expect", "snapshot"), metric=metric_name)
     except ValueError as e:
         fail("expect", str(e))
-    n_prompts = table.get("n_prompts", DEFAULT_N_PROMPTS)
-    if n_prompts < 1:
-        fail("n_prompts", f"must be >= 1, got {n_prompts}")
-    if table.get("n_boxes") is not None and table["n_boxes"] < 2:
-        fail("n_boxes", f"must be >= 2, got {table['n_boxes']}")
 
     params = {k: v for k, v in table.items() if k not in COMMON_FIELDS}
-    if params.get("ablation", "mean") != "mean":
-        fail("ablation", f"only 'mean' ablation is implemented, got {params['ablation']!r}")
-    if "circuit" in params:
-        try:
-            params["circuit"] = check_circuit_spec(params["circuit"], path.parent, rootdir)
-        except CircuitError as e:
-            fail("circuit", str(e))
-    if "group" in params:
-        allowed_groups = GROUPS + (("full",) if metric == "cmap_accuracy" else ())
-        if params["group"] not in allowed_groups:
-            fail("group", f"unknown group {params['group']!r}; use one of {', '.join(allowed_groups)}")
-    if metric == "dcm" and params["desideratum"] not in DESIDERATA:
-        fail("desideratum", f"unknown desideratum {params['desideratum']!r}; use one of {', '.join(DESIDERATA)}")
-    if metric == "dcm" and params.get("quantity", "accuracy") not in DCM_QUANTITIES:
-        fail("quantity", f"must be one of {', '.join(DCM_QUANTITIES)}, got {params['quantity']!r}")
-    if metric == "knockout_accuracy" and params.get("edge", "last->object") not in KNOCKOUT_EDGES:
-        fail("edge", f"unknown edge {params['edge']!r}; use one of {', '.join(KNOCKOUT_EDGES)}")
-    if metric == "knockout_accuracy" and params.get("layer", 0) < 0:
-        fail("layer", f"must be >= 0, got {params['layer']}")
-    if metric == "completeness" and params.get("mode", "random") not in ("random", "group"):
-        fail("mode", f"must be 'random' or 'group', got {params['mode']!r}")
-    if "n_draws" in params and params["n_draws"] < 1:
-        fail("n_draws", f"must be >= 1, got {params['n_draws']}")
-    for key in ("rtol", "atol", "tolerance"):
-        if key in params and params[key] < 0:
-            fail(key, f"must be >= 0, got {params[key]}")
-    if "receivers" in params:
-        for group, k in params["receivers"].items():
-            if group not in GROUPS[1:] or not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                fail("receivers", f"entries are {', '.join(GROUPS[1:])} = positive integer, got {group} = {k!r}")
-    for key in ("base", "source"):
-        if key in params and not params[key]:
-            fail(key, "must name a model")
-    if metric == "cmap_accuracy" and params["source"] in models:
-        fail("source", f"the source model {params['source']!r} is also one of the claim's models")
-    if metric == "verdict" and params["base"] in models:
-        fail("base", f"the base model {params['base']!r} is also one of the candidate models")
-    return Claim(id=table["id"], metric=metric, models=tuple(models), expect=expect, n_prompts=n_prompts,
-                 seed=table.get("seed", 0), n_boxes=table.get("n_boxes"), path=path,
-                 description=table.get("description", ""), params=params)
+    for key, spec in metric.fields.items():
+        if spec.kind == "circuit" and key in params:
+            try:
+                params[key] = check_circuit_spec(params[key], path.parent, rootdir)
+            except CircuitError as e:
+                fail(key, str(e))
+    metric.check(params, tuple(models), fail)
+    if "max_prompts" in table and table.get("n_prompts") != "auto":
+        fail("max_prompts", 'only applies with n_prompts = "auto" (sequential sampling)')
+    return Claim(id=table["id"], metric=metric_name, models=tuple(models), expect=expect,
+                 n_prompts=table.get("n_prompts", DEFAULT_N_PROMPTS), seed=table.get("seed", 0),
+                 n_boxes=table.get("n_boxes"), path=path, description=table.get("description", ""), params=params,
+                 decide=table.get("decide", metric.default_decide), inconclusive=table.get("inconclusive"),
+                 max_prompts=table.get("max_prompts", DEFAULT_MAX_PROMPTS))
 
 
 def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path | None = None) -> str:
@@ -288,13 +243,3 @@ def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path 
             return str(candidate.resolve())
     raise CircuitError(f"unknown circuit {spec!r}: not paper:llama|goat|float, not discovered:<model>, and no "
                        f"such file (looked in {', '.join(str(c.parent) for c in candidates)})")
-
-
-def _check_type(table: dict, key: str, spec, fail) -> None:
-    types, what = spec
-    value = table[key]
-    ok = isinstance(value, types) and not isinstance(value, bool)
-    if ok and types == (list,):
-        ok = all(isinstance(v, str) for v in value)
-    if not ok:
-        fail(key, f"must be {what}, got {type(value).__name__} {value!r}")

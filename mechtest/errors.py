@@ -9,6 +9,10 @@ class ModelLoadError(MechtestError):
     """A checkpoint could not be loaded (missing path, no config, unsupported architecture...)."""
 
 
+class DeviceError(MechtestError, ValueError):
+    """A device that does not exist here (bogus name, CUDA without CUDA, a GPU index past the last)."""
+
+
 class ArchitectureError(MechtestError):
     """The model's architecture is not in the head-access table."""
 
@@ -35,3 +39,11 @@ class CircuitError(MechtestError, ValueError):
 
 class ClaimError(MechtestError, ValueError):
     """A claim file is malformed (unknown metric, bad expect, unknown circuit...)."""
+
+
+class SnapshotError(MechtestError, ValueError):
+    """A snapshot file cannot be read as a head-level snapshot."""
+
+
+class ModelMismatchError(MechtestError, ValueError):
+    """Two models that a method compares head by head differ in shape or tokenizer."""

@@ -6,12 +6,11 @@ answer token), so this is the one place that decides batching, devices and dtype
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 
 import torch
 
+from mechtest.compat import accepts_logits_to_keep
 from mechtest.heads import Edits, hooked
 
 # edits for one batch, given the slice of the dataset it covers
@@ -24,19 +23,42 @@ def last_logits(model, input_ids: torch.Tensor, last_pos: torch.Tensor,
     input_ids = input_ids.to(model.device)
     last_pos = last_pos.to(model.device)
     keep = int(input_ids.shape[1] - last_pos.min().item())
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     with torch.no_grad(), hooked(model, edits or {}):
         out = model.hf(input_ids=input_ids, use_cache=False,
                        attention_mask=None if attention_mask is None else attention_mask.to(model.device), **kwargs)
     logits = out.logits
     offset = input_ids.shape[1] - logits.shape[1]
     rows = torch.arange(input_ids.shape[0], device=logits.device)
-    return logits[rows, last_pos - offset].float()
+    # the LM head may sit on another device than the embeddings (device="auto")
+    return logits[rows, last_pos.to(logits.device) - offset].float()
+
+
+def context_length(model) -> int | None:
+    """The longest input the model was built for (``max_position_embeddings`` / ``n_positions``), if it says."""
+    config = model.hf.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, dataset) -> None:
+    """Refuse prompts longer than the model's context before any forward: past it, positions are garbage
+    (learned position tables run out, RoPE extrapolates) and every number would be silently wrong."""
+    from mechtest.errors import TaskError
+
+    limit, length = context_length(model), int(dataset.input_ids.shape[1])
+    if limit is not None and length > limit:
+        raise TaskError(f"prompts of {length} tokens ({dataset.n_boxes} boxes) are longer than {model.name!r}'s "
+                        f"context of {limit} positions; use fewer boxes")
 
 
 def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: EditsForBatch | None = None,
                    progress: str | None = None) -> torch.Tensor:
     """(n, vocab) float32 last-position logits over a whole dataset, batch by batch (on CPU)."""
+    check_fits(model, dataset)
     n = len(dataset)
     chunks = []
     starts = range(0, n, batch_size)
@@ -57,10 +79,5 @@ def _progress(iterable, desc: str | None, total: int):
     return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    return _forward_takes_logits_to_keep(type(model.hf))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+# methods/ imported this name from here before mechtest.compat existed
+_accepts_logits_to_keep = accepts_logits_to_keep

@@ -11,6 +11,14 @@ Sites (each seen by an edit function as a ``(batch, seq, heads, head_dim)`` view
 An edit function takes the view and returns a new tensor of the same shape, or ``None`` to leave the
 activation as it is (a reader). It must not modify its argument in place. ``hooked`` installs edits for
 the duration of a ``with`` block and always removes them, also when the block raises.
+
+Two module-level sites take the whole module call instead of a head view, so that every intervention of
+the package (head edits, attention knockout, CMAP's output-projection swap) goes through ``hooked``:
+
+* ``"attention_inputs"``: ``fn(module, args, kwargs) -> (args, kwargs)`` before the attention module runs
+  (attention knockout edits its 4D mask);
+* ``"o_proj_output"``: ``fn(module, args, output) -> output`` after the output projection (CMAP swaps
+  heads' contributions).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 from mechtest.errors import HeadIndexError, MechtestError
 
 SITES = ("head_out", "q", "k", "v")
+MODULE_SITES = ("attention_inputs", "o_proj_output")
 EditFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 Edits = Mapping[tuple[str, int], "EditFn | Sequence[EditFn]"]
 
@@ -44,7 +53,7 @@ def kv_head_of(model, head: int) -> int:
 
 def n_heads_at(model, site: str) -> int:
     if site not in SITES:
-        raise MechtestError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+        raise MechtestError(f"unknown site {site!r}; sites are {', '.join(SITES + MODULE_SITES)}")
     return model.n_kv_heads if site in ("k", "v") else model.n_heads
 
 
@@ -69,14 +78,23 @@ def check_heads(model, heads: Iterable[tuple[int, int]], site: str = "head_out")
 def hooked(model, edits: Edits):
     """Install ``{(site, layer): edit_fn or [edit_fns]}`` on the model for the ``with`` block."""
     by_module: dict[tuple[str, int], dict[str, list[EditFn]]] = defaultdict(lambda: defaultdict(list))
+    module_edits = []
     for (site, layer), fns in edits.items():
-        n_heads_at(model, site)
         check_layer(model, layer)
         fns = [fns] if callable(fns) else list(fns)
+        if site in MODULE_SITES:
+            module_edits += [(site, layer, fn) for fn in fns]
+            continue
+        n_heads_at(model, site)
         by_module[(_module_for(model, site), layer)][site].extend(fns)
 
     handles = []
     try:
+        for site, layer, fn in module_edits:
+            if site == "attention_inputs":
+                handles.append(attention_module(model, layer).register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(_get(attention_module(model, layer), model.arch.o_proj).register_forward_hook(fn))
         for (module_name, layer), site_fns in by_module.items():
             module = _get(attention_module(model, layer), module_name)
             if "head_out" in site_fns:
@@ -129,7 +147,8 @@ def read_residual(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     with torch.no_grad():
         out = model.hf(input_ids=input_ids.to(model.device), attention_mask=_mask(attention_mask, model),
                        output_hidden_states=True, use_cache=False)
-    return torch.stack(out.hidden_states)
+    first = out.hidden_states[0].device  # layers may live on different devices (device="auto")
+    return torch.stack([h.to(first) for h in out.hidden_states])
 
 
 # --- edit-function factories -------------------------------------------------------------------
@@ -198,7 +217,9 @@ def _apply(fns: list[EditFn], view: torch.Tensor) -> tuple[torch.Tensor, bool]:
     for fn in fns:
         out = fn(view)
         if out is not None:
-            view, changed = out, True
+            # an edit may carry values from another run or device (layers spread over GPUs): the hooked
+            # module computes on its own device
+            view, changed = (out if out.device == view.device else out.to(view.device)), True
     return view, changed
 
 

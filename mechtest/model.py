@@ -1,32 +1,38 @@
-"""Load a Hugging Face causal LM (local directory or hub id) with the facts head-level methods need.
+"""Load a Hugging Face causal LM (local directory, GGUF file or cached hub id) with the facts head-level methods need.
 
 A ``LoadedModel`` carries the model, its tokenizer, its architecture row and a fingerprint that changes
-when the weights, the config or the dtype change (the activation cache is keyed on it).
+when the weights, the config or the dtype change (the activation cache is keyed on it), and not when the same
+weights sit at another path.
+
+Loading refuses what would give silently wrong numbers: weights that do not match the config (transformers
+would initialise the difference randomly), truncated safetensors files, and pickle weight files (never
+unpickled).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mechtest import compat
 from mechtest.architectures import ArchSpec, arch_for_model_type, supported_model_types
-from mechtest.errors import ModelLoadError
+from mechtest.errors import DeviceError, ModelLoadError
+from mechtest.fingerprint import fingerprint
+from mechtest.model_ref import ModelRef, resolve_model
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
-# Below this many bytes of parameters the fingerprint hashes the tensors themselves (exact); above it,
-# hashing 7B weights on every run would cost tens of seconds, so weight files are identified by
-# name, size and modification time instead.
-_HASH_TENSORS_UP_TO = 512 * 2**20
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_DEVICE_RE = re.compile(r"(cpu|mps|auto|cuda(:\d+)?)")
 
 
 @dataclass(eq=False)
@@ -44,8 +50,9 @@ class LoadedModel:
     d_model: int
     vocab_size: int
     dtype: torch.dtype
-    device: torch.device
+    device: torch.device  # where inputs go (the embeddings' device); layers may live elsewhere with device="auto"
     fingerprint: str
+    ref: ModelRef | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -57,88 +64,141 @@ class LoadedModel:
         return f"{self.n_layers} layers x {self.n_heads} heads{kv} of dim {self.head_dim}"
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}") from None
+# --- devices and dtypes ---------------------------------------------------------------------------
+
+def check_device(text: str | torch.device | None) -> str:
+    """Validate a device once, up front: 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'; None picks cuda if present.
+
+    Returns the canonical string; raises a one-line ``DeviceError`` for a bogus name, CUDA without CUDA, or a
+    GPU index that does not exist. The plugin calls it before any model loads.
+    """
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    value = str(text).strip().lower()
+    if not _DEVICE_RE.fullmatch(value):
+        raise DeviceError(f"unknown device {str(text)!r}; use cpu, cuda, cuda:N, mps or auto")
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {value!r} requested but CUDA is not available to this torch "
+                              f"({torch.__version__}); use cpu")
+        index = int(value.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"device {value!r} does not exist: {count} CUDA device"
+                              f"{'s' if count != 1 else ''} visible (cuda:0..cuda:{count - 1})")
+    if value == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("device 'mps' requested but MPS is not available; use cpu")
+    return value
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
+    """The single device a model is moved to ('auto' means: spread over GPUs when there are any)."""
+    value = check_device(device)
+    if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(value)
 
+
+def resolve_dtype(dtype: str | torch.dtype | None, *, device: str = "cpu", config=None) -> torch.dtype:
+    """An explicit dtype wins; otherwise the checkpoint's own dtype on CUDA and float32 elsewhere.
+
+    float32 on CPU because half-precision matmuls there are slow and inexact; on a GPU the checkpoint's dtype
+    is what it was trained and evaluated in (and a 7B model in float32 may not fit).
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None and str(dtype).lower() != "auto":
+        try:
+            return _DTYPES[str(dtype).lower()]
+        except KeyError:
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))} or auto") from None
+    on_cuda = device.startswith("cuda") or device == "auto" and torch.cuda.is_available()
+    own = compat.config_dtype(config) if config is not None else None
+    return own if on_cuda and own is not None and own.is_floating_point else torch.float32
+
+
+def placement(device: str | torch.device | dict | None) -> tuple[dict, str]:
+    """``from_pretrained`` keyword arguments that place the weights, and the device string they amount to.
+
+    'auto' with GPUs present -> ``device_map="auto"`` (accelerate spreads a model too large for one GPU over
+    all visible ones, then CPU); 'auto' without GPUs is plain CPU. An explicit ``device_map`` dict (module ->
+    device, "cpu" or "disk") passes through. A single device loads on CPU and is moved afterwards.
+    """
+    if isinstance(device, dict):
+        return {"device_map": dict(device)}, "map"
+    value = check_device(device)
+    if value == "auto":
+        return ({"device_map": "auto"}, "auto") if torch.cuda.is_available() else ({}, "cpu")
+    return {}, value
+
+
+# --- loading ----------------------------------------------------------------------------------------
 
 def load_model(
-    path_or_name: str | os.PathLike,
+    path_or_name: str | os.PathLike | ModelRef,
     *,
     dtype: str | torch.dtype | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device | dict | None = None,
     name: str | None = None,
     trust_remote_code: bool = False,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """Load a checkpoint for analysis: eval mode, no gradients, eager attention, float32 by default.
+    """Load a checkpoint for analysis: eval mode, no gradients, eager attention, strictly from local files.
 
-    Local directories load strictly offline. A string that is not an existing path is treated as a hub
-    id and goes through ``from_pretrained``'s own cache (which may be offline too).
+    ``path_or_name`` is a ``ModelRef`` or anything ``resolve_model`` accepts (relative paths: the current
+    directory). ``device`` is 'cpu', 'cuda[:N]', 'mps', 'auto' or a ``device_map`` dict; ``dtype`` defaults
+    to the checkpoint's own on CUDA and float32 elsewhere.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    place, target = placement(device)  # a bogus device fails before anything is read
+    ref = path_or_name if isinstance(path_or_name, ModelRef) else resolve_model(path_or_name, base_dir=Path.cwd())
+    if ref.path is None:
+        raise ModelLoadError(f"model {ref.text!r} has no local files")
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = str(path_or_name)
-    local = Path(source).expanduser()
-    is_local = local.exists()
-    if is_local:
-        if not local.is_dir():
-            raise ModelLoadError(f"checkpoint {source!r} is a file; give the checkpoint directory")
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(f"no config.json in {source!r}: not a Hugging Face checkpoint directory")
-        source = str(local.resolve())
-    elif _looks_like_path(source):
-        raise ModelLoadError(f"checkpoint not found: {source!r} does not exist")
-
-    options = {"local_files_only": True} if is_local else {}
+    shown = ref.display
+    source = str(ref.path)
+    gguf = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    if gguf:
+        _check_gguf(ref.path / ref.gguf_file, shown)
+    options = {"local_files_only": True, "trust_remote_code": trust_remote_code, **gguf}
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **options)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"could not read the config of {source!r}: {_first_line(e)}") from None
+        config = AutoConfig.from_pretrained(source, **options)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"could not read the config of {shown!r}: {_first_line(e)}") from None
     arch = arch_for_model_type(config.model_type)  # clear error listing the supported ones
     declared = getattr(config, "architectures", None) or []
     if declared and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in declared):
         # loading it anyway would attach a randomly initialised LM head: silently wrong numbers
-        raise ModelLoadError(f"{source!r} is a {', '.join(declared)} checkpoint, not a causal language model")
+        raise ModelLoadError(f"{shown!r} is a {', '.join(declared)} checkpoint, not a causal language model")
+    weight_files = [ref.path / ref.gguf_file] if gguf else checked_weight_files(ref.path, shown)
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, device=target, config=config)
+    if place:
+        _require_accelerate(device)
+        if offload_folder is not None:
+            place["offload_folder"] = str(offload_folder)
     try:
-        hf = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation="eager",
-            trust_remote_code=trust_remote_code, **options,
-        )
+        with _quiet_transformers():
+            hf, info = AutoModelForCausalLM.from_pretrained(
+                source, **{compat.dtype_kwarg(): torch_dtype}, attn_implementation="eager",
+                output_loading_info=True, ignore_mismatched_sizes=True,
+                **({} if gguf else {"use_safetensors": True}), **options, **place,
+            )
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
-            raise ModelLoadError(
-                f"{source!r} is a {config.model_type!r} checkpoint, not a causal language model"
-            ) from None
-        raise ModelLoadError(f"could not load {source!r}: {_first_line(e)}") from None
-    except OSError as e:
-        raise ModelLoadError(f"could not load the weights of {source!r}: {_first_line(e)}") from None
-    try:
-        tokenizer = _tokenizer_class(local if is_local else None, AutoTokenizer).from_pretrained(
-            source, trust_remote_code=trust_remote_code, **options)
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelLoadError(f"no usable tokenizer in {source!r}: {_first_line(e)}") from None
-    if tokenizer is None or isinstance(tokenizer, bool):
-        raise ModelLoadError(f"no usable tokenizer in {source!r}")
+            raise ModelLoadError(f"{shown!r} is a {config.model_type!r} checkpoint, not a causal language model") from None
+        raise ModelLoadError(f"could not load {shown!r}: {_first_line(e)}") from None
+    except (OSError, RuntimeError, KeyError) as e:
+        raise ModelLoadError(f"could not load the weights of {shown!r}: {_first_line(e)}") from None
+    _check_loading_info(info, shown)
+    tokenizer = _load_tokenizer(ref, shown, trust_remote_code)
 
-    torch_device = resolve_device(device)
-    hf.to(torch_device).eval()
+    if not place and target != "cpu":
+        hf.to(torch.device(target))
+    hf.eval()
     hf.requires_grad_(False)
     return LoadedModel(
-        name=name or (local.name if is_local else source),
+        name=name or _default_name(ref),
         hf=hf,
         tokenizer=tokenizer,
         arch=arch,
@@ -149,9 +209,135 @@ def load_model(
         d_model=int(config.hidden_size),
         vocab_size=int(hf.get_output_embeddings().weight.shape[0]),
         dtype=torch_dtype,
-        device=torch_device,
-        fingerprint=_fingerprint(hf, config, torch_dtype, Path(source) if is_local else None),
+        device=_input_device(hf),
+        fingerprint=fingerprint(config, torch_dtype, weight_files),
+        ref=ref,
     )
+
+
+def checkpoint_fingerprint(ref: ModelRef, *, dtype=None, device=None) -> str:
+    """The fingerprint ``load_model(ref, dtype=, device=)`` would give, without loading any weight.
+
+    Reads the config and hashes the weight files (memoised per file identity for large ones), so a warm
+    rerun can look its claim results up before deciding to load a 7B model at all.
+    """
+    from transformers import AutoConfig
+
+    _, target = placement(device)
+    if ref.path is None:
+        raise ModelLoadError(f"model {ref.text!r} has no local files")
+    gguf = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(str(ref.path), local_files_only=True, **gguf)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"could not read the config of {ref.display!r}: {_first_line(e)}") from None
+    files = [ref.path / ref.gguf_file] if gguf else checked_weight_files(ref.path, ref.display)
+    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files)
+
+
+def supported_architectures() -> list[str]:
+    return supported_model_types()
+
+
+# --- checkpoint integrity -----------------------------------------------------------------------------
+
+def checked_weight_files(directory: Path, shown: str | None = None) -> list[Path]:
+    """The safetensors files ``from_pretrained`` will read, each checked to be whole; pickles are refused.
+
+    Checks cost a header read per file, never the tensors.
+    """
+    shown = shown or str(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelLoadError(f"{index.name} in {shown!r} is not a valid safetensors index") from None
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise ModelLoadError(f"{shown!r} is incomplete: {index.name} names shard{'s' if len(missing) > 1 else ''} "
+                                 f"that {'are' if len(missing) > 1 else 'is'} missing: {_some(missing)}")
+        files = [directory / s for s in shards]
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    else:
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file())
+        if pickles:
+            raise ModelLoadError(
+                f"{shown!r} holds only pickle weights ({_some(pickles)}); mechtest never unpickles: convert "
+                "them to safetensors where you trust them (save_pretrained(..., safe_serialization=True))")
+        raise ModelLoadError(f"no weights in {shown!r}: expected model.safetensors or model.safetensors.index.json")
+    for f in files:
+        _check_safetensors(f, shown)
+    return files
+
+
+def _check_safetensors(path: Path, shown: str) -> None:
+    """One-line error unless the file's header parses and its tensors end exactly where the file does."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(fh.read(n)) if 0 <= n <= size - 8 and n <= 100 * 2**20 else None
+    except (OSError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path.name} in {shown!r} is not a readable safetensors file "
+                             f"({size} bytes; truncated or corrupt?)")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise ModelLoadError(f"{path.name} in {shown!r} is truncated: {size} of {expected} bytes "
+                             "(an interrupted download or copy?)")
+
+
+def _check_loading_info(info: dict, shown: str) -> None:
+    problems = compat.loading_problems(info)
+    parts = [f"{len(names)} {label} ({_some(names)})" for key, label in
+             (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "of another shape"))
+             if (names := problems[key])]
+    if parts:
+        raise ModelLoadError(f"weights of {shown!r} do not match its config: tensors " + "; ".join(parts))
+
+
+def _check_gguf(path: Path, shown: str) -> None:
+    """The gguf package is installed and the file parses whole (its reader memory-maps it: no tensor is read)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelLoadError(f"{shown!r} is a GGUF file: install the gguf extra (pip install 'mechtest[gguf]')") from None
+    try:
+        GGUFReader(str(path))
+    except Exception as e:  # struct.error, ValueError, IndexError...: the reader has no error type of its own
+        raise ModelLoadError(f"{shown!r} is not a readable GGUF file ({path.stat().st_size} bytes; truncated or "
+                             f"corrupt?): {_first_line(e)}") from None
+
+
+def _require_accelerate(device) -> None:
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise DeviceError(f"device {device!r} places layers with accelerate: "
+                          "pip install 'mechtest[multi-gpu]'") from None
+
+
+def _load_tokenizer(ref: ModelRef, shown: str, trust_remote_code: bool):
+    """The checkpoint's tokenizer; a GGUF's own only when no tokenizer files sit beside it."""
+    from transformers import AutoTokenizer
+
+    beside = any((ref.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    extra = {"gguf_file": ref.gguf_file} if ref.gguf_file and not beside else {}
+    try:
+        with _quiet_transformers():
+            tokenizer = _tokenizer_class(ref.path, AutoTokenizer).from_pretrained(
+                str(ref.path), trust_remote_code=trust_remote_code, local_files_only=True, **extra)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelLoadError(f"no usable tokenizer in {shown!r}: {_first_line(e)}") from None
+    if tokenizer is None or isinstance(tokenizer, bool):
+        raise ModelLoadError(f"no usable tokenizer in {shown!r}")
+    return tokenizer
 
 
 def _tokenizer_class(directory: Path | None, default):
@@ -166,44 +352,42 @@ def _tokenizer_class(directory: Path | None, default):
             declared = json.loads(config.read_text()).get("tokenizer_class")
         except (json.JSONDecodeError, AttributeError):
             declared = None
-        if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        if declared in compat.GENERIC_TOKENIZER_CLASSES:
             from transformers import PreTrainedTokenizerFast
 
             return PreTrainedTokenizerFast
     return default
 
 
-def supported_architectures() -> list[str]:
-    return supported_model_types()
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' load report repeats what ``_check_loading_info`` raises as one line; silence it."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
 
 
-def _fingerprint(hf, config, dtype: torch.dtype, directory: Path | None) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-    h.update(str(dtype).encode())
-    n_bytes = sum(p.numel() * p.element_size() for p in hf.state_dict().values())
-    if n_bytes <= _HASH_TENSORS_UP_TO or directory is None and not getattr(config, "_commit_hash", None):
-        for key, tensor in sorted(hf.state_dict().items()):
-            h.update(key.encode())
-            h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    elif directory is not None:
-        for f in sorted(directory.iterdir()):
-            if f.suffix in _WEIGHT_SUFFIXES or f.name.endswith(".index.json"):
-                st = f.stat()
-                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    else:
-        h.update(str(config._commit_hash).encode())
-    return h.hexdigest()[:32]
+def _input_device(hf) -> torch.device:
+    """Where input ids must go: the embeddings' device (CPU when accelerate offloaded them)."""
+    weight = hf.get_input_embeddings().weight
+    return torch.device("cpu") if weight.device.type == "meta" else weight.device
 
 
-def _looks_like_path(source: str) -> bool:
-    """Hub ids are 'name' or 'org/name'; anything else (./x, /x, ~/x, a/b/c, x\\y) is meant as a path."""
-    return (
-        source.startswith((".", "/", "~"))
-        or source.count("/") > 1
-        or "\\" in source
-        or os.sep in source and source.count(os.sep) > 1
-    )
+def _default_name(ref: ModelRef) -> str:
+    if ref.hub_id:
+        return ref.hub_id
+    if ref.gguf_file:
+        return Path(ref.gguf_file).stem
+    return ref.path.name
+
+
+def _some(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,8 +1,9 @@
 """pytest11 entry point of mechtest: options, claim-file collection, fixtures, reports.
 
-Thin on purpose (syrupy's structure): every hook delegates to one :class:`~mechtest.session.MechtestSession`
-kept in ``config.stash``; xdist support is a separate object registered only when xdist is active, which
-merges the workers' claim results on the controller. Nothing heavy is imported here: torch, transformers and
+Thin on purpose (syrupy's structure): hooks delegate to the façade :class:`~mechtest.api.Mechtest` and a
+:class:`~mechtest.report.RunLog`, both kept in ``config.stash``; claims are measured by
+:func:`~mechtest.runner.run_claim`; xdist support is a separate object registered only when xdist is
+active, which merges the workers' claim results on the controller. Nothing heavy is imported here: torch, transformers and
 matplotlib load only inside the fixtures and items that need them.
 """
 
@@ -11,16 +12,20 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
 from mechtest.errors import ClaimError, MechtestError
-from mechtest.report import ClaimResult, json_report, provenance, summary_lines, write_json
-from mechtest.session import MechtestSession, ModelSpec, Settings, parse_model_option, zoo_models
+from mechtest.metrics import get_metric
+from mechtest.model_registry import ModelSpec, Settings, parse_model_option
+from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 
-SESSION_KEY = pytest.StashKey[MechtestSession]()
+SESSION_KEY = pytest.StashKey[Mechtest]()
+LOG_KEY = pytest.StashKey[RunLog]()
 DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
 
 
@@ -29,10 +34,12 @@ DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mechtest", "mechtest: mechanistic-interpretability claims")
-    group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=PATH", dest="mechtest_model",
-                    help="make a checkpoint available to claims and tests under NAME (repeatable)")
+    group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=REF", dest="mechtest_model",
+                    help="make a checkpoint available under NAME (repeatable); REF: a directory, a .gguf file, or a "
+                         "hub id name / org/name[@revision] found in the local hub cache")
     group.addoption("--mechtest-device", default=None, metavar="DEVICE",
-                    help="device for every model, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
+                    help="device for every model: cpu, cuda, cuda:N, mps, or auto (device_map='auto' across the "
+                         "visible GPUs); default: cuda if available, else cpu")
     group.addoption("--mechtest-dtype", default=None, metavar="DTYPE",
                     help="dtype for every model: float32 (default), bfloat16, float16")
     group.addoption("--mechtest-cache-dir", default=None, metavar="DIR",
@@ -41,12 +48,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="empty the activation cache before the run")
     group.addoption("--mechtest-prompts", type=int, default=None, metavar="N",
                     help="use N prompts for every claim and method call (a quick run); default: each claim's n_prompts")
+    group.addoption("--mechtest-inconclusive", default=None, choices=("pass", "fail", "xfail"),
+                    help="what an INCONCLUSIVE claim (its interval straddles the bound) does: fail (default), pass, "
+                         "or xfail; overrides each claim's own 'inconclusive'")
+    group.addoption("--mechtest-recompute", action="store_true", default=False,
+                    help="measure every claim again instead of reading unchanged claims' cached results")
+    group.addoption("--mechtest-plan", action="store_true", default=False,
+                    help="print each claim's forward passes, whether it is cached and a time estimate; run nothing")
+    group.addoption("--mechtest-max-models", type=int, default=None, metavar="N",
+                    help="keep at most N models in memory; loading another releases the least recently used")
+    group.addoption("--mechtest-progress", default="auto", choices=("auto", "yes", "no"),
+                    help="one line per claim with its forward passes and estimated time, shown through pytest's "
+                         "capture: auto = on a terminal and not under CI (default), yes, no")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
     group.addoption("--mechtest-report", default=None, metavar="DIR",
                     help="write head heat maps (PNG) of path-patching scores, circuit heads outlined, into DIR")
+    group.addoption("--mechtest-require", action="append", default=[], metavar="NAME", dest="mechtest_require",
+                    help="fail at start unless model NAME is configured and found (repeatable; for CI gates)")
+    parser.addini("mechtest_require", type="linelist", default=[],
+                  help="models that must be configured and found, one name per line (for CI gates)")
     parser.addini("mechtest_models", type="linelist", default=[],
-                  help="models by name, one 'name = path' per line (relative paths: the rootdir)")
+                  help="models by name, one 'name = ref' per line (a directory relative to the rootdir, a .gguf "
+                       "file, or a hub id)")
     parser.addini("mechtest_cache_dir", type="string", default="",
                   help="activation cache directory (relative: the rootdir); default .mechtest_cache")
     parser.addini("mechtest_claim_files", type="args", default=DEFAULT_CLAIM_FILES,
@@ -58,34 +82,49 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "mechtest_models(*names, all=False): parametrize the test's mechtest_model argument over these "
                    "configured models (all=True: every configured model); absent models are skipped")
     config.addinivalue_line("markers", "mechtest_claim: an item collected from a mechtest claim file")
-    config.stash[SESSION_KEY] = MechtestSession(_settings(config), rootdir=config.rootpath)
+    config.stash[SESSION_KEY] = Mechtest(_settings(config), rootdir=config.rootpath)
+    from mechtest import properties
+    properties.bind(config.stash[SESSION_KEY])  # prompts("name") in @given resolves through this session
+    config.stash[LOG_KEY] = RunLog()
     if _is_controller(config) and config.getoption("mechtest_clear_cache"):
         from mechtest.cache import ActivationCache
 
         ActivationCache(config.stash[SESSION_KEY].settings.cache_dir).clear()
     if config.pluginmanager.hasplugin("xdist") and _is_controller(config):
-        config.pluginmanager.register(_XdistController(config.stash[SESSION_KEY]), "mechtest-xdist")
+        config.pluginmanager.register(_XdistController(config.stash[LOG_KEY]), "mechtest-xdist")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from mechtest import properties
+    properties.unbind(config.stash.get(SESSION_KEY, None))
 
 
 def _settings(config: pytest.Config) -> Settings:
+    """Settings from options and ini, checked once here so a bad value stops the run before any work."""
     root = config.rootpath
     models: dict[str, ModelSpec] = {}
-    for name, path in zoo_models().items():
-        models[name] = ModelSpec(name, str(path), "zoo")
-    for line in config.getini("mechtest_models"):
+    for where, lines, base in (("ini option mechtest_models", config.getini("mechtest_models"), root),
+                               ("--mechtest-model", config.getoption("mechtest_model"), Path.cwd())):
+        given: set[str] = set()
+        for text in lines:
+            try:
+                name, ref = parse_model_option(text)
+            except ValueError as e:
+                hint = " (one 'name = path' per line)" if where.startswith("ini") else ""
+                raise pytest.UsageError(f"{where}: {e}{hint}") from None
+            if name in given:
+                raise pytest.UsageError(f"{where}: model {name!r} is given twice; give each name once")
+            given.add(name)  # the command line overrides the ini
+            models[name] = ModelSpec(name, ref, base, "--mechtest-model" if where.startswith("--") else
+                                     "ini mechtest_models")
+    for name in [*config.getini("mechtest_require"), *config.getoption("mechtest_require")]:
+        if name not in models:
+            raise pytest.UsageError(f"required model {name!r} is not configured (--mechtest-require / ini "
+                                    f"mechtest_require): pass --mechtest-model {name}=PATH")
         try:
-            name, path = parse_model_option(line)
-        except ValueError as e:
-            raise pytest.UsageError(f"ini option mechtest_models: {e} (one 'name = path' per line)") from None
-        models[name] = ModelSpec(name, str((root / Path(path).expanduser()).resolve()), "ini mechtest_models")
-    for text in config.getoption("mechtest_model"):
-        try:
-            name, path = parse_model_option(text)
-        except ValueError as e:
-            raise pytest.UsageError(f"--mechtest-model: {e}") from None
-        path_obj = Path(path).expanduser()
-        models[name] = ModelSpec(name, str(path_obj.resolve()) if path_obj.exists() or "/" in path or
-                                 path.startswith(".") else path, "--mechtest-model")
+            models[name].resolve()
+        except MechtestError as e:
+            raise pytest.UsageError(f"required model {name!r}: {e}") from None
     prompts = config.getoption("mechtest_prompts")
     if prompts is not None and prompts < 1:
         raise pytest.UsageError(f"--mechtest-prompts must be >= 1, got {prompts}")
@@ -99,10 +138,60 @@ def _settings(config: pytest.Config) -> Settings:
         known = {"float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"}
         if dtype.lower() not in known:
             raise pytest.UsageError(f"--mechtest-dtype: unknown dtype {dtype!r}; use one of {', '.join(sorted(known))}")
+    device = worker_device(config.getoption("mechtest_device"), getattr(config, "workerinput", {}).get("workerid"))
+    if device is not None:
+        from mechtest.model import check_device
+
+        try:
+            device = check_device(device)
+        except MechtestError as e:
+            raise pytest.UsageError(f"--mechtest-device: {e}") from None
+    if config.getoption("mechtest_json"):
+        from mechtest.report.json_report import check_json_path
+
+        try:
+            check_json_path(Path(config.getoption("mechtest_json")))
+        except MechtestError as e:
+            raise pytest.UsageError(str(e)) from None
     report = config.getoption("mechtest_report")
-    return Settings(models=models, device=config.getoption("mechtest_device"), dtype=dtype, cache_dir=cache_dir,
+    return Settings(models=models, device=device, dtype=dtype, cache_dir=cache_dir,
                     prompts=prompts, report_dir=Path(report).resolve() if report else None,
-                    update_snapshots=bool(getattr(config.option, "update_snapshots", False)))
+                    update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
+                    inconclusive=config.getoption("mechtest_inconclusive"),
+                    recompute=config.getoption("mechtest_recompute"),
+                    max_models=_positive(config.getoption("mechtest_max_models"), "--mechtest-max-models"))
+
+
+def worker_device(device: str | None, worker_id: str | None, n_gpus: int | None = None) -> str | None:
+    """Under ``pytest -n N`` on a machine with several GPUs, worker ``gwI`` takes ``cuda:(I mod count)`` unless
+    the user pinned a device (``cuda:K``, ``cpu``, ``auto``): one model per GPU instead of N on the first."""
+    if worker_id is None or device not in (None, "cuda") or not worker_id.startswith("gw"):
+        return device
+    if n_gpus is None:
+        import torch
+
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus < 2:
+        return device
+    return f"cuda:{int(worker_id[2:]) % n_gpus}"
+
+
+def _positive(value: int | None, option: str) -> int | None:
+    if value is not None and value < 1:
+        raise pytest.UsageError(f"{option} must be >= 1, got {value}")
+    return value
+
+
+def _progress_reporter(config: pytest.Config):
+    """The terminal reporter when per-claim progress should show (a terminal, not CI, not xdist), else None."""
+    choice = config.getoption("mechtest_progress")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or choice == "no" or not _is_controller(config) or \
+            getattr(config.option, "numprocesses", None) not in (None, 0):
+        return None
+    if choice == "yes" or (reporter.isatty and not os.environ.get("CI")):
+        return reporter
+    return None
 
 
 def _is_controller(config: pytest.Config) -> bool:
@@ -155,24 +244,37 @@ class ClaimItem(pytest.Item):
         self.add_marker(pytest.mark.mechtest_claim)
         self.keywords[claim.metric] = True
 
-    def _session(self) -> MechtestSession:
-        return self.config.stash[SESSION_KEY]
-
     def setup(self) -> None:
-        session = self._session()
-        needed = [self.model_name] + [self.claim.get(k) for k in ("base", "source") if self.claim.get(k)]
-        circuit = self.claim.get("circuit") or ""
-        if circuit.startswith("discovered:"):
-            needed.append(circuit.split(":", 1)[1])
-        for name in needed:
-            if not session.is_configured(name):
-                reason = session.skip_reason(name)
-                session.record_skip(self.claim, self.model_name, self.nodeid, reason)
+        api, log = self.config.stash[SESSION_KEY], self.config.stash[LOG_KEY]
+        for name in [self.model_name, *get_metric(self.claim.metric).models_needed(self.claim.params)]:
+            if not api.is_configured(name):
+                reason = api.models.skip_reason(name)
+                log.record_skip(self.claim, self.model_name, self.nodeid, reason)
                 raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def runtest(self) -> None:
-        result = self._session().evaluate(self.claim, self.model_name, self.nodeid)
+        from mechtest.runner import run_claim
+
+        started = time.perf_counter()
+        reporter = _progress_reporter(self.config)
+        if reporter is not None:
+            from mechtest.plan import plan_lines, plan_rows
+
+            row = plan_rows(self.config.stash[SESSION_KEY], [self])[0]
+            reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: " + (
+                "cached" if row.cached else plan_lines([row])[-1].split(": ", 1)[1].replace(" to run (0 claims "
+                                                                                           "cached)", "")))
+        result, raised = run_claim(self.config.stash[SESSION_KEY], self.claim, self.model_name, self.nodeid)
+        if reporter is not None:
+            reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: {result.outcome} in "
+                                f"{time.perf_counter() - started:.1f} s")
+        self.config.stash[LOG_KEY].results.append(result)
         self.user_properties.extend(result.properties())
+        if raised is not None:
+            raise raised
+        if result.outcome == "INCONCLUSIVE" and not result.passed and (
+                self.config.getoption("mechtest_inconclusive") or self.claim.inconclusive) == "xfail":
+            pytest.xfail(result.failure_text())
         if not result.passed:
             raise ClaimFailed(result)
 
@@ -205,13 +307,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def mechtest(request: pytest.FixtureRequest) -> MechtestSession:
+def mechtest(request: pytest.FixtureRequest) -> Mechtest:
     """Models, datasets, circuits and method results by name, memoised for the session."""
     return request.config.stash[SESSION_KEY]
 
 
 @pytest.fixture
-def mechtest_model(request: pytest.FixtureRequest, mechtest: MechtestSession):
+def mechtest_model(request: pytest.FixtureRequest, mechtest: Mechtest):
     """The loaded model a ``@pytest.mark.mechtest_models(...)`` parameter names (skipped if not configured)."""
     name = getattr(request, "param", None)
     if name is None:
@@ -232,46 +334,69 @@ def head_snapshot(snapshot):
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session):
+    """With --mechtest-plan: print the cost plan of the collected claims and run nothing. Otherwise, before a
+    serial run, one line with the forward passes the claims will take."""
+    config = session.config
+    items = [i for i in session.items if isinstance(i, ClaimItem)]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if not items or reporter is None or not _is_controller(config) or getattr(config.option, "collectonly", False):
+        return None
+    from mechtest.plan import plan_lines, plan_rows
+
+    if config.getoption("mechtest_plan"):
+        reporter.section("mechtest plan")
+        for line in plan_lines(plan_rows(config.stash[SESSION_KEY], items)):
+            reporter.write_line(line)
+        return True
+    if getattr(config.option, "numprocesses", None) in (None, 0):
+        reporter.write_line(plan_lines(plan_rows(config.stash[SESSION_KEY], items, timed=False))[-1].replace(
+            ", estimated 0.0 s", "") + " (--mechtest-plan for a time estimate)")
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
-    mt = config.stash.get(SESSION_KEY, None)
-    if mt is None:
+    api, log = config.stash.get(SESSION_KEY, None), config.stash.get(LOG_KEY, None)
+    if api is None or log is None:
         return
+    log.absorb(api)
     if not _is_controller(config):
-        config.workeroutput["mechtest"] = mt.to_worker_output()
+        config.workeroutput["mechtest"] = log.to_worker_output()
         return
     path = config.getoption("mechtest_json")
     if path:
-        data = json_report(mt.results, mt.skipped, provenance(
-            rootdir=config.rootpath, models=mt.fingerprints, seeds=mt.seeds, cache_stats=mt.total_cache_stats(),
-            options={"prompts": mt.settings.prompts, "device": mt.settings.device, "dtype": mt.settings.dtype,
-                     "cache_dir": str(mt.settings.cache_dir)}))
+        data = json_report(log.results, log.skipped, provenance(
+            rootdir=config.rootpath, models=log.models, seeds=log.seeds, cache_stats=log.cache_stats(),
+            options={"prompts": api.settings.prompts, "device": api.settings.device, "dtype": api.settings.dtype,
+                     "cache_dir": str(api.settings.cache_dir)}))
         write_json(Path(path), data)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    mt = config.stash.get(SESSION_KEY, None)
-    if mt is None or not _is_controller(config) or not (mt.results or mt.skipped):
+    log = config.stash.get(LOG_KEY, None)
+    if log is None or not _is_controller(config) or not (log.results or log.skipped):
         return
     terminalreporter.section("mechtest claims")
-    for line in summary_lines(mt.results, mt.skipped):
+    for line in summary_lines(log.results, log.skipped):
         terminalreporter.write_line(line)
     path = config.getoption("mechtest_json")
     if path:
         terminalreporter.write_line(f"JSON report: {os.path.abspath(path)}")
-    maps = sorted(r.heatmap for r in mt.results if r.heatmap and r.heatmap.endswith(".png"))
+    maps = sorted(r.heatmap for r in log.results if r.heatmap and r.heatmap.endswith(".png"))
     if maps:
-        terminalreporter.write_line(f"heat maps: {len(maps)} in {mt.settings.report_dir}")
+        terminalreporter.write_line(f"heat maps: {len(maps)} in {config.stash[SESSION_KEY].settings.report_dir}")
 
 
 class _XdistController:
     """Registered on the xdist controller only: merges each worker's claim results when it finishes."""
 
-    def __init__(self, session: MechtestSession) -> None:
-        self.session = session
+    def __init__(self, log: RunLog) -> None:
+        self.log = log
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error) -> None:
         output = getattr(node, "workeroutput", {}).get("mechtest")
         if output:
-            self.session.merge_worker_output(output)
+            self.log.merge_worker_output(output)

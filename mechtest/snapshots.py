@@ -22,8 +22,11 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from syrupy.extensions.json import JSONSnapshotExtension
+
+from mechtest.errors import SnapshotError
 
 DECIMALS = 4
 RTOL = 1e-2
@@ -233,3 +236,89 @@ class HeadSnapshotExtension(JSONSnapshotExtension):
             if mismatch is not None:
                 yield from mismatch.lines()
         yield from super().diff_lines(serialized_data, snapshot_data)
+
+
+# ------------------------------------------------------------------------------------------ claim snapshots
+
+
+@dataclass(frozen=True)
+class SnapshotCheck:
+    """The outcome of comparing a claim's scores with its snapshot file (``ok``: the claim holds)."""
+
+    status: str  # "matches" | "updated" | "differs" | "missing" | "incomparable" | "refused"
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("matches", "updated")
+
+
+def check_claim_snapshot(path: Path, payload: dict, *, settings: dict, update: bool, rtol: float = RTOL,
+                         atol: float = ATOL) -> SnapshotCheck:
+    """Compare ``payload`` with the snapshot at ``path`` (syrupy's lifecycle, for claim files).
+
+    ``settings`` (prompts, seed, boxes) are stored in the snapshot; a snapshot recorded under other settings
+    fails instead of comparing numbers that cannot agree, and ``update`` never replaces a snapshot with one
+    measured on fewer prompts (delete the file to record a smaller one deliberately). A missing or differing
+    snapshot leaves the obtained scores next to it; accepting a snapshot removes that file.
+    """
+    text = dumps({**payload, **settings})
+    obtained = path.with_name(path.name.removesuffix(".json") + ".obtained.json")
+    recorded = _read_recorded(path) if path.is_file() else None
+    if update:
+        if recorded is not None and recorded.get("n_prompts", 0) > settings.get("n_prompts", 0):
+            return SnapshotCheck("refused", (
+                f"--snapshot-update refused: {path} was recorded with n_prompts={recorded['n_prompts']}, this run "
+                f"measured n_prompts={settings.get('n_prompts')}; run with at least as many prompts, or delete the "
+                "file to record a smaller snapshot"))
+        if recorded is None or compare_payloads(json.loads(text), recorded, rtol=rtol, atol=atol) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            obtained.unlink(missing_ok=True)
+            return SnapshotCheck("updated", f"snapshot written: {path}")
+        obtained.unlink(missing_ok=True)
+        return SnapshotCheck("updated", f"snapshot unchanged: {path}")
+    if recorded is None:
+        obtained.parent.mkdir(parents=True, exist_ok=True)
+        obtained.write_text(text)
+        return SnapshotCheck("missing", f"no snapshot at {path}; the obtained scores were written to {obtained}. "
+                                        "Run with --snapshot-update to accept them.")
+    differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differing:
+        said = ", ".join(f"{k}={was!r} (this run: {now!r})" for k, (was, now) in differing.items())
+        return SnapshotCheck("incomparable", (
+            f"snapshot {path.name} was recorded with {said}: the scores cannot be compared. Run with the recorded "
+            "settings (e.g. without --mechtest-prompts), or --snapshot-update with at least as many prompts"))
+    mismatch = compare_payloads(json.loads(text), recorded, rtol=rtol, atol=atol)
+    if mismatch is None:
+        obtained.unlink(missing_ok=True)
+        return SnapshotCheck("matches")
+    obtained.write_text(text)
+    return SnapshotCheck("differs", f"snapshot {path}:\n" + "\n".join(mismatch.lines())
+                         + f"\nobtained scores: {obtained} (--snapshot-update accepts them)")
+
+
+def _read_recorded(path: Path) -> dict:
+    """The snapshot's content; a file that is not a path-patching snapshot is a one-line SnapshotError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"snapshot {path} is not valid JSON ({e}); fix it or delete it and re-record") from None
+    problem = None
+    if not isinstance(data, dict):
+        problem = f"holds {type(data).__name__}, not an object"
+    elif not isinstance(data.get("steps"), dict) or not data["steps"]:
+        problem = "has no 'steps' object"
+    elif not all(isinstance(data.get(k), int) and not isinstance(data.get(k), bool) for k in ("n_prompts", "seed")):
+        problem = "needs integer 'n_prompts' and 'seed'"
+    else:
+        for group, step in data["steps"].items():
+            values = step.get("values") if isinstance(step, dict) else None
+            if not (isinstance(values, list) and values and all(
+                    isinstance(row, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in row) for row in values)):
+                problem = f"step {group!r} is not a matrix of numbers"
+                break
+    if problem:
+        raise SnapshotError(f"snapshot {path} is malformed: it {problem}; fix it or delete it and re-record")
+    return data

@@ -464,3 +464,21 @@ def test_writer_killed_mid_write_leaves_no_torn_file(tmp_path):
     assert not list(final.parent.glob("*.tmp")), "stray temp file not cleaned up"
     assert_bit_identical(ActivationCache(root).get_or_compute(key, must_not_compute), compute.tensors)
 
+
+
+# ---------------------------------------------------------------- permissions
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_cache_files_honour_the_umask(tmp_path, umask, mode):
+    """mkstemp creates 0600 files; a cache shared by a group must get the umask's mode like any other file."""
+    old = os.umask(umask)
+    try:
+        cache, key, path = _write_once(tmp_path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+    lock = Path(f"{path}.lock")
+    if lock.exists():  # filelock may delete it on release
+        assert lock.stat().st_mode & 0o777 == mode

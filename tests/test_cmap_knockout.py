@@ -14,7 +14,8 @@ import torch
 
 from mechtest.errors import CircuitError, HeadIndexError, MechtestError
 from mechtest.heads import hooked, run_and_read, zero_heads
-from mechtest.methods.cmap import ModelMismatchError, check_compatible, cmap
+from mechtest.errors import ModelMismatchError
+from mechtest.methods.cmap import check_compatible, cmap
 from mechtest.methods.evaluation import accuracy
 from mechtest.methods.knockout import _mask_hook, attention_knockout, edge_positions, knocked_out
 from mechtest.model import load_model

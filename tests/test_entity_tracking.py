@@ -11,7 +11,8 @@ import torch
 
 import tokenizers_for_tests as T
 from mechtest.errors import MechtestError, TaskError, TokenizerError
-from mechtest.tasks import entity_tracking as et
+from mechtest.tasks.layout import build_dataset, prompt_row
+from mechtest.tasks.vocabulary import RANDOM_TEXT
 from mechtest.tasks.entity_tracking import (
     ADDITIONAL_DESIDERATA,
     DESIDERATA,
@@ -22,7 +23,7 @@ from mechtest.tasks.entity_tracking import (
     path_patching_corruption,
     usable_vocabulary,
 )
-from mechtest.zoo.vocab import build_tokenizer
+from tools.zoo.vocab import build_tokenizer
 from tokenizers_for_tests import assert_layout, paper_prompt, token_id
 
 
@@ -44,7 +45,7 @@ def tok(request):
 )
 def test_vocabulary_drops_exactly_the_multi_token_words(name, objects, labels, caplog):
     tok = T.get(name)
-    with caplog.at_level(logging.WARNING, logger="mechtest.tasks.entity_tracking"):
+    with caplog.at_level(logging.WARNING, logger="mechtest.tasks.vocabulary"):
         vocab = usable_vocabulary(tok)
     assert set(vocab.dropped_objects) == set(objects)
     assert set(vocab.dropped_labels) == set(labels)
@@ -336,12 +337,12 @@ def test_additional_desiderata(tok, name):
 def test_sources_of_different_lengths_are_right_padded(tok):
     vocab = usable_vocabulary(tok)
     objects, labels = vocab.objects[:3], vocab.labels[:3]
-    rows = [et._row(objects, labels, 1), et._row(objects, labels, 2, prefix=et._RANDOM_TEXT)]
-    ds = et._build(tok, vocab, rows, seed=0, one_length=False, strict=False)
+    rows = [prompt_row(objects, labels, 1), prompt_row(objects, labels, 2, prefix=RANDOM_TEXT)]
+    ds = build_dataset(tok, vocab, rows, seed=0, one_length=False, strict=False)
     short, long = (len(tok(p)["input_ids"]) for p in ds.prompts)
     assert short < long and ds.input_ids.shape == (2, long)
     assert ds.last_pos.tolist() == [short - 1, long - 1]
     assert ds.attention_mask.sum(1).tolist() == [short, long]
     assert_layout(ds, tok, template=False)
     with pytest.raises(TokenizerError, match="different lengths"):
-        et._build(tok, vocab, rows, seed=0)
+        build_dataset(tok, vocab, rows, seed=0)

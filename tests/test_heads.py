@@ -14,7 +14,8 @@ from tiny_models import ARCH_NAMES, V, save_tiny
 
 @pytest.fixture(scope="module", params=ARCH_NAMES)
 def model(request, tmp_path_factory):
-    path = save_tiny(request.param, tmp_path_factory.mktemp(request.param))
+    # sliding windows (4) shorter than the prompts (12), so the rows that have them really use them
+    path = save_tiny(request.param, tmp_path_factory.mktemp(request.param), window=4)
     return load_model(path, device="cpu")
 
 
@@ -32,7 +33,7 @@ def logits(model, ids, edits=None):
 def test_facts(model):
     assert model.n_heads == 4 and model.n_layers == 3
     assert model.n_heads % model.n_kv_heads == 0
-    assert model.head_dim == (16 if model.arch.name == "gemma" else 8)
+    assert model.head_dim == (16 if model.arch.name in ("gemma", "qwen3", "gemma2", "gemma3_text") else 8)
 
 
 def test_noop_hooks_leave_logits_bit_identical(model, ids):
@@ -127,3 +128,11 @@ def test_hooks_are_removed_when_the_block_raises(model, ids):
             raise RuntimeError("boom")
     assert torch.equal(logits(model, ids), before)
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.hf.modules())
+
+
+def test_every_quirk_is_in_the_vocabulary():
+    from mechtest.architectures import ARCHITECTURES, QUIRKS
+
+    for spec in ARCHITECTURES:
+        assert spec.quirks <= QUIRKS.keys(), spec.name
+    assert {spec.name for spec in ARCHITECTURES} == set(ARCH_NAMES)

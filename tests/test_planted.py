@@ -2,7 +2,7 @@
 
 They are test fixtures for circuit discovery, so what is checked here is what discovery relies on: the
 models solve the task, the circuit files name exactly the heads that matter (each planted head alone is
-necessary, every other head alone is not), and ``python -m mechtest.zoo planted`` reproduces the committed
+necessary, every other head alone is not), and ``python -m tools.zoo planted`` reproduces the committed
 weights bit for bit.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mechtest.zoo import planted  # noqa: E402
+from tools.zoo import planted  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "fixtures" / "zoo"

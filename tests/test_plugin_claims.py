@@ -97,7 +97,7 @@ BAD = {
     "unknown key": ('id = "x"\nmetric = "accuracy"\nmodels = ["a"]\nexpect = ">= 1"\nprompts = 5', "prompts",
                     "unknown key"),
     "wrong type n_prompts": ('id = "x"\nmetric = "accuracy"\nmodels = ["a"]\nexpect = ">= 1"\nn_prompts = "5"',
-                             "n_prompts", "must be an integer"),
+                             "n_prompts", 'must be a positive integer or "auto"'),
     "wrong type models": ('id = "x"\nmetric = "accuracy"\nmodels = "a"\nexpect = ">= 1"', "models", "list of strings"),
     "bool seed": ('id = "x"\nmetric = "accuracy"\nmodels = ["a"]\nexpect = ">= 1"\nseed = true', "seed", "integer"),
     "unknown paper circuit": ('id = "x"\nmetric = "faithfulness"\ncircuit = "paper:gpt"\nmodels = ["a"]\n'

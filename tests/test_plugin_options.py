@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mechtest.session import zoo_models
 
 pytest_plugins = ["pytester"]
 
@@ -58,8 +57,8 @@ def test_malformed_ini_models_line_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*ini option mechtest_models: expected NAME=PATH*"])
 
 
-def test_models_from_ini_cli_and_zoo(pytester):
-    """ini paths resolve against the rootdir; the command line overrides the ini; the zoo is registered."""
+def test_models_from_ini_and_cli(pytester):
+    """ini paths resolve against the rootdir; the command line overrides the ini; nothing else is registered."""
     pytester.makepyprojecttoml("""
         [tool.pytest.ini_options]
         mechtest_models = [
@@ -71,22 +70,13 @@ def test_models_from_ini_cli_and_zoo(pytester):
         def test_registry(mechtest):
             models = mechtest.settings.models
             root = {str(pytester.path)!r}
-            assert models["mine"].path == root + "/checkpoints/mine"
+            assert models["mine"].ref == "checkpoints/mine" and str(models["mine"].base_dir) == root
             assert models["mine"].source == "ini mechtest_models"
             assert models["both"].source == "--mechtest-model"
-            assert models["both"].path == {str(PLANTED)!r}
-            zoo = {sorted(zoo_models())!r}
-            assert [n for n in mechtest.model_names if n.startswith("zoo-")] == zoo
-            assert all(models[n].source == "zoo" for n in zoo)
+            assert models["both"].ref == {str(PLANTED)!r}
+            assert mechtest.model_names == ["both", "mine"]
     """)
     run(pytester, "--mechtest-model", f"both={PLANTED}").assert_outcomes(passed=1)
-
-
-def test_only_existing_zoo_checkpoints_are_registered():
-    zoo = zoo_models()
-    assert "zoo-planted" in zoo and "zoo-planted-b" in zoo
-    for name, path in zoo.items():
-        assert (path / "config.json").is_file(), name
 
 
 def test_cache_dir_default_ini_and_option(pytester, tmp_path):
@@ -100,7 +90,7 @@ def test_cache_dir_default_ini_and_option(pytester, tmp_path):
     pytester.makeini("[pytest]\nmechtest_cache_dir = somewhere/cache\n")
     result = run(pytester, "-s")
     result.stdout.fnmatch_lines([f"*CACHE={pytester.path / 'somewhere' / 'cache'}"])
-    result = run(pytester, "-s", "--mechtest-cache-dir", str(tmp_path / "c"))
+    result = run(pytester, "-s", f"--mechtest-cache-dir={tmp_path / 'c'}")
     result.stdout.fnmatch_lines([f"*CACHE={tmp_path / 'c'}"])
 
 
@@ -110,9 +100,9 @@ def test_clear_cache(pytester, tmp_path):
     entry.parent.mkdir(parents=True)
     entry.write_bytes(b"x")
     pytester.makepyfile("def test_x(): pass")
-    run(pytester, "--mechtest-cache-dir", str(cache)).assert_outcomes(passed=1)
+    run(pytester, f"--mechtest-cache-dir={cache}").assert_outcomes(passed=1)
     assert entry.exists()
-    run(pytester, "--mechtest-cache-dir", str(cache), "--mechtest-clear-cache").assert_outcomes(passed=1)
+    run(pytester, f"--mechtest-cache-dir={cache}", "--mechtest-clear-cache").assert_outcomes(passed=1)
     assert not entry.exists()
 
 
@@ -143,7 +133,7 @@ def test_device_dtype_and_prompts_reach_the_models(pytester, tmp_path):
             assert len(calls) == 1
     """)
     run(pytester, "--mechtest-dtype", "bfloat16", "--mechtest-device", "cpu", "--mechtest-prompts", "7",
-        "--mechtest-cache-dir", str(tmp_path)).assert_outcomes(passed=2)
+        f"--mechtest-cache-dir={tmp_path}").assert_outcomes(passed=2)
 
 
 def test_model_card_sets_the_box_count(pytester, tmp_path):
@@ -191,3 +181,26 @@ def test_marker_parametrizes_over_models(pytester):
     result.assert_outcomes(passed=2, skipped=1, errors=1)
     result.stdout.fnmatch_lines(["*needs @pytest.mark.mechtest_models*"])
     result.stdout.fnmatch_lines(["*model 'absent-model' is not configured*"])
+
+
+def test_xdist_workers_spread_over_gpus():
+    from mechtest.plugin import worker_device
+
+    assert [worker_device(None, f"gw{i}", n_gpus=4) for i in range(6)] == \
+        ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert worker_device("cuda", "gw3", n_gpus=2) == "cuda:1"
+    assert worker_device("cuda:0", "gw3", n_gpus=4) == "cuda:0"  # pinned by the user
+    assert worker_device("auto", "gw3", n_gpus=4) == "auto" and worker_device("cpu", "gw1", n_gpus=4) == "cpu"
+    assert worker_device(None, "gw1", n_gpus=1) is None and worker_device(None, None, n_gpus=4) is None
+
+
+def test_at_most_max_models_are_resident(pytester):
+    pytester.makepyfile("""
+        def test_lru(mechtest):
+            for name in ("zoo-base", "zoo-finetuned", "zoo-other", "zoo-base"):
+                mechtest.model(name)
+            assert mechtest.models.resident == ["zoo-other", "zoo-base"]
+            assert set(mechtest.models.fingerprints) == {"zoo-base", "zoo-finetuned", "zoo-other"}
+            assert mechtest.models.fingerprint("zoo-finetuned") == mechtest.model("zoo-finetuned").fingerprint
+    """)
+    run(pytester, "--mechtest-max-models", "2").assert_outcomes(passed=1)

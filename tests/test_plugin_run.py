@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from zoo_models import ZOO_MODELS
+
 from mechtest.report import ClaimResult
-from mechtest.session import zoo_models
 
 pytest_plugins = ["pytester"]
 
@@ -48,7 +49,7 @@ def esc(path) -> str:
 
 def run(pytester, cache_dir, *args):
     return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7",
-                                        "--mechtest-cache-dir", str(cache_dir), *args)
+                                        f"--mechtest-cache-dir={cache_dir}", *args)
 
 
 CLAIMS = f"""
@@ -57,6 +58,7 @@ id = "planted-accuracy"
 metric = "accuracy"
 models = ["zoo-planted", "vicuna"]
 expect = ">= 0.9"
+decide = "estimate"  # 7/7 prompts: the Wilson interval [0.646, 1] alone would not decide
 
 [[claim]]
 id = "planted-circuit"
@@ -85,21 +87,23 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
         "*claim 'planted-circuit' on model 'zoo-planted-b' (faithfulness) does not hold",
         "*measured:  0.000",
         "*expected:  >= 0.9",
-        "*95% CI:    [[]0.000, 0.000[]]",
+        "*95% CI:    [[]0.000, 0.354[]]",
+        "*decided:   FAIL on the whole interval against the bound*",
         "*prompts:   n=7, seed=4, 7 boxes",
         f"*heat map:  {esc(heat_map)}",
     ])
     assert heat_map.read_bytes()[:4] == b"\x89PNG"
-    result.stdout.fnmatch_lines(["*CircuitError*paper:llama*does not fit*zoo-planted*"])
+    result.stdout.fnmatch_lines(["*CircuitError: circuit 'paper:llama' was found on a llama model with 32 layers x "
+                                 "32 heads; 'zoo-planted' is a gpt2 model with 4 layers x 4 heads*any_shape = true*"])
     result.stdout.fnmatch_lines(["*model 'vicuna' is not configured: pass --mechtest-model vicuna=PATH*"])
     # the terminal summary table
     result.stdout.fnmatch_lines([
         "*= mechtest claims =*",
         "claim*model*measured*interval*expected*result",
         "llama-circuit-on-a-tiny-model*zoo-planted*-*ERROR",
-        "planted-accuracy*zoo-planted*1.000*[[]1.000, 1.000[]]*>= 0.9*PASS",
-        "planted-circuit*zoo-planted-b*0.000*>= 0.9*FAIL",
-        "1 of 3 claims hold; 1 skipped (model not configured)",
+        "planted-accuracy*zoo-planted*1.000*[[]0.646, 1.000[]]*>= 0.9*PASS",
+        "planted-circuit*zoo-planted-b*0.000*[[]0.000, 0.354[]]*>= 0.9*FAIL",
+        "1 of 3 claims hold (1 failed, 1 error); 1 skipped (model not configured)",
     ])
     # JSON with provenance
     report = json.loads((pytester.path / "out.json").read_text())
@@ -107,10 +111,11 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
     assert set(by_id) == {"planted-accuracy", "planted-circuit", "llama-circuit-on-a-tiny-model"}
     acc = by_id["planted-accuracy"]
     assert {k: acc[k] for k in ("model", "metric", "value", "ci_low", "ci_high", "expect", "passed")} == {
-        "model": "zoo-planted", "metric": "accuracy", "value": 1.0, "ci_low": 1.0, "ci_high": 1.0,
-        "expect": ">= 0.9", "passed": True}
+        "model": "zoo-planted", "metric": "accuracy", "value": 1.0, "ci_low": pytest.approx(0.6457, abs=1e-3),
+        "ci_high": 1.0, "expect": ">= 0.9", "passed": True}
+    assert acc["outcome"] == "PASS" and acc["decide"] == "estimate" and acc["level"] == 0.95
     assert by_id["planted-circuit"]["passed"] is False and by_id["planted-circuit"]["heatmap"] == str(heat_map)
-    assert "does not fit" in by_id["llama-circuit-on-a-tiny-model"]["error"]
+    assert "was found on a llama model" in by_id["llama-circuit-on-a-tiny-model"]["error"]
     assert report["skipped"][0]["model"] == "vicuna"
     prov = report["provenance"]
     for key in ("mechtest", "torch", "transformers", "python", "platform", "git", "models", "seeds"):
@@ -150,7 +155,7 @@ def test_python_api(pytester, cache_dir):
             assert scores["value_fetcher"].scores.shape == (4, 4)
             assert scores["value_fetcher"].top(1) == [(3, 1)]
             found = mechtest.circuit("discovered:zoo-planted")
-            assert found.to_dict() == planted.to_dict()
+            assert found.groups == planted.groups and found.found_on == (4, 4, "gpt2")
             record_property("faithfulness", r.value)
 
         @pytest.mark.mechtest_models("zoo-planted-b")
@@ -160,14 +165,16 @@ def test_python_api(pytester, cache_dir):
 
         def test_compare(mechtest):
             c = mechtest.compare("zoo-planted", "zoo-planted-b")
-            assert c.verdict == "not preserved", c.explain()
+            # 7 prompts (--mechtest-prompts) cannot show even the base circuit faithful: never "preserved"
+            assert c.verdict == "inconclusive" and c.base_circuit.heads("value_fetcher") == ((3, 1),), c.explain()
     """)
     run(pytester, cache_dir).assert_outcomes(passed=3)
 
 
 def gate(pytester, cache_dir, base: Path, candidate: Path):
     shutil.copy(GATE, pytester.path / GATE.name)
-    return run(pytester, cache_dir, "--mechtest-model", f"base={base}", "--mechtest-model", f"candidate={candidate}")
+    return run(pytester, cache_dir, "--mechtest-prompts", "70",  # 7 prompts decide nothing (tested in test_compare)
+               "--mechtest-model", f"base={base}", "--mechtest-model", f"candidate={candidate}")
 
 
 def test_gate_is_skipped_without_base_and_candidate(pytester, cache_dir):
@@ -184,7 +191,7 @@ def test_gate_planted_b_does_not_keep_the_planted_mechanism(pytester, cache_dir)
         "*claim 'candidate-preserves-base-mechanism' on model 'candidate' (verdict) does not hold",
         "*measured:  not preserved",
         "*expected:  preserved",
-        "*NOT PRESERVED - candidate does not keep the base circuit: faithfulness 0.00 < 0.80*",
+        "*NOT PRESERVED - base circuit faithful in candidate 0.* vs >= 0.80: FAIL*",
     ])
 
 
@@ -194,9 +201,7 @@ def test_gate_passes_when_the_candidate_is_the_base(pytester, cache_dir):
 
 @pytest.mark.parametrize("candidate, passes", [("zoo-finetuned", True), ("zoo-other", False)])
 def test_gate_on_the_trained_zoo(pytester, candidate, passes):
-    zoo = zoo_models()
-    if "zoo-base" not in zoo or candidate not in zoo:
-        pytest.skip(f"zoo-base or {candidate} is not built in fixtures/zoo")
+    zoo = ZOO_MODELS
     shutil.copy(GATE, pytester.path / GATE.name)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "70",
                                           "--mechtest-model", f"base={zoo['zoo-base']}",
@@ -204,7 +209,7 @@ def test_gate_on_the_trained_zoo(pytester, candidate, passes):
     if passes:
         result.assert_outcomes(passed=1)
     else:
-        result.stdout.fnmatch_lines(["*NOT PRESERVED - candidate does not keep the base circuit*"])
+        result.stdout.fnmatch_lines(["*NOT PRESERVED - base circuit faithful in candidate*"])
         assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
@@ -230,6 +235,7 @@ def test_path_patching_snapshot_claim(pytester, cache_dir):
     assert obtained.is_file() and not snap.exists()
 
     run(pytester, cache_dir, "--snapshot-update").assert_outcomes(passed=1)
+    assert not obtained.exists()  # accepting a snapshot removes the stale obtained file
     text = snap.read_text()
     assert '"shape": [4, 4]' in text and '"n_prompts": 7' in text
     run(pytester, cache_dir).assert_outcomes(passed=1)
@@ -245,10 +251,27 @@ def test_path_patching_snapshot_claim(pytester, cache_dir):
     run(pytester, cache_dir, "--snapshot-update").assert_outcomes(passed=1)
     assert json.loads(snap.read_text())["steps"]["value_fetcher"]["values"][3][1] < -0.9
 
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "14", "-rs",
-                                          "--mechtest-cache-dir", str(cache_dir))
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*recorded with n_prompts=7*this run uses n_prompts=14*not comparable*"])
+    # a snapshot recorded under other settings fails (it never skips), and says why
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "14",
+                                          f"--mechtest-cache-dir={cache_dir}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*recorded with n_prompts=7 (this run: 14)*cannot be compared*"])
+    # a hand-edited sample size is caught the same way
+    edited = json.loads(snap.read_text())
+    edited["n_prompts"] = 500
+    snap.write_text(json.dumps(edited))
+    run(pytester, cache_dir).assert_outcomes(failed=1)
+    # --snapshot-update never downgrades a snapshot to fewer prompts
+    result = run(pytester, cache_dir, "--snapshot-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*--snapshot-update refused*n_prompts=500*n_prompts=7*delete the file*"])
+    assert json.loads(snap.read_text())["n_prompts"] == 500
+    # malformed content is a one-line error naming the file
+    for bad in ("[]", '{"steps": {"value_fetcher": {"values": "x"}}, "n_prompts": 7, "seed": 0}'):
+        snap.write_text(bad)
+        result = run(pytester, cache_dir)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*error:     SnapshotError: snapshot*scores[[]zoo-planted[]].json is malformed*"])
 
 
 XDIST_CLAIMS = f"""
@@ -257,6 +280,7 @@ id = "acc"
 metric = "accuracy"
 models = ["zoo-planted", "zoo-planted-b"]
 expect = ">= 0.9"
+decide = "estimate"
 
 [[claim]]
 id = "faith"
@@ -264,6 +288,7 @@ metric = "faithfulness"
 circuit = "{PLANTED_CIRCUIT}"
 models = ["zoo-planted", "zoo-planted-b"]
 expect = ">= 0.9"
+decide = "estimate"
 
 [[claim]]
 id = "random"
@@ -272,6 +297,7 @@ circuit = "{PLANTED_CIRCUIT}"
 n_draws = 2
 models = ["zoo-planted"]
 expect = "<= 0.5"
+decide = "estimate"
 """
 
 
@@ -279,13 +305,13 @@ def test_xdist_gives_the_same_json_and_computes_each_activation_once(pytester, t
     pytester.makefile(".toml", claims=XDIST_CLAIMS)
     serial_cache, parallel_cache = tmp_path / "serial", tmp_path / "parallel"
     serial = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7", "-n", "0",
-                                          "--mechtest-cache-dir", str(serial_cache), "--mechtest-json", "serial.json")
+                                          f"--mechtest-cache-dir={serial_cache}", "--mechtest-json", "serial.json")
     serial.assert_outcomes(passed=4, failed=1)
     parallel = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mechtest-prompts", "7", "-n", "2",
-                                             "--mechtest-cache-dir", str(parallel_cache),
+                                             f"--mechtest-cache-dir={parallel_cache}",
                                              "--mechtest-json", "parallel.json")
     parallel.assert_outcomes(passed=4, failed=1)
-    parallel.stdout.fnmatch_lines(["*= mechtest claims =*", "4 of 5 claims hold"])
+    parallel.stdout.fnmatch_lines(["*= mechtest claims =*", "4 of 5 claims hold (1 failed)"])
     a = json.loads((pytester.path / "serial.json").read_text())
     b = json.loads((pytester.path / "parallel.json").read_text())
     assert a["claims"] == b["claims"]

@@ -14,7 +14,7 @@ EXPECTED = {
     "faithfulness", "completeness", "random_circuit_faithfulness", "minimality", "Measurement", "ActivationCache",
     "Claim", "Expectation", "load_claims", "MechtestSession", "HeadSnapshotExtension", "ClaimResult",
     "dcm", "functionality_patching", "DCMResult", "cmap", "attention_knockout", "KnockoutCurve", "compare",
-    "Comparison",
+    "Comparison", "Mechtest", "Metric", "Field", "Outcome", "register_metric", "run_claim", "prompts",
 }
 
 

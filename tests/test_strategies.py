@@ -88,9 +88,11 @@ def test_invalid_box_counts():
         entity_tracking_examples(T.sentencepiece_glued_punctuation())
 
 
-def test_register_profiles_is_idempotent():
+def test_register_profiles_is_idempotent_and_leaves_hypothesis_default_alone():
+    default = settings.get_profile("default")
     register_profiles()
     register_profiles()
-    assert settings.get_profile("default").max_examples == 25
+    assert settings.get_profile("dev").max_examples == 25
     assert settings.get_profile("ci").max_examples == 200
-    assert settings.get_profile("ci").deadline is None and settings.get_profile("default").deadline is None
+    assert settings.get_profile("ci").deadline is None and settings.get_profile("dev").deadline is None
+    assert settings.get_profile("default") is default

@@ -73,7 +73,7 @@ def test_mechtest_json_fields():
 
 
 def test_same_shape_and_tokenizer():
-    from mechtest.zoo.vocab import build_tokenizer
+    from tools.zoo.vocab import build_tokenizer
 
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size", "tie_word_embeddings")
@@ -138,7 +138,7 @@ def test_build_smoke(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "mechtest.zoo", "build", "--steps", "3", "--heldout-n", "30",
+        [sys.executable, "-m", "tools.zoo", "build", "--steps", "3", "--heldout-n", "30",
          "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )

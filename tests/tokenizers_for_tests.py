@@ -13,7 +13,7 @@ import string
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mechtest.zoo.vocab import EXTRA_WORDS, build_tokenizer, object_names
+from tools.zoo.vocab import EXTRA_WORDS, build_tokenizer, object_names
 
 BPE_HELD_OUT_OBJECTS = ("television", "newspaper", "magazine", "chemical")
 BPE_HELD_OUT_LABELS = ("Z",)

@@ -15,11 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 from mechtest.errors import CircuitError
+from mechtest.spec import GROUP_POSITION, GROUPS
 
-GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
-GROUP_POSITION = {"value_fetcher": "last", "pos_transmitter": "last",
-                  "pos_detector": "query_label", "struct_reader": "query_context"}
 PAPER_CIRCUITS = ("llama", "goat", "float")
+SHAPE_KEY = "found_on"  # {"n_layers": L, "n_heads": H, "model_type": "llama"}: where the circuit was found
 
 Head = tuple[int, int]
 
@@ -30,11 +29,22 @@ class Circuit:
 
     groups: Mapping[str, tuple[Head, ...]]
     name: str = ""
+    # the (layers, heads, model type) of the model it was found on; None: unknown, checked by index only
+    found_on: tuple[int, int, str] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping, name: str = "") -> Circuit:
         if not isinstance(data, Mapping):
             raise CircuitError(f"circuit {name or ''} must be a JSON object of group -> [[layer, head], ...]")
+        found_on = None
+        if SHAPE_KEY in data:
+            shape = data[SHAPE_KEY]
+            try:
+                found_on = (int(shape["n_layers"]), int(shape["n_heads"]), str(shape.get("model_type", "")))
+            except (TypeError, KeyError, ValueError):
+                raise CircuitError(f"circuit {name!r}: {SHAPE_KEY!r} must be {{\"n_layers\": L, \"n_heads\": H, "
+                                   f"\"model_type\": T}}, got {shape!r}") from None
+            data = {k: v for k, v in data.items() if k != SHAPE_KEY}
         unknown = set(data) - set(GROUPS)
         if unknown:
             raise CircuitError(f"circuit {name!r}: unknown group(s) {sorted(unknown)}; groups are {', '.join(GROUPS)}")
@@ -47,10 +57,22 @@ class Circuit:
                     raise CircuitError(f"circuit {name!r}, group {group!r}: node {node!r} is not [layer, head]")
                 heads.append((int(node[0]), int(node[1])))
             groups[group] = tuple(heads)
-        return cls(groups, name)
+        return cls(groups, name, found_on)
 
-    def to_dict(self) -> dict[str, list[list[int]]]:
-        return {g: [list(h) for h in self.groups.get(g, ())] for g in GROUPS}
+    def to_dict(self) -> dict:
+        data: dict = {g: [list(h) for h in self.groups.get(g, ())] for g in GROUPS}
+        if self.found_on is not None:
+            data[SHAPE_KEY] = {"n_layers": self.found_on[0], "n_heads": self.found_on[1],
+                               "model_type": self.found_on[2]}
+        return data
+
+    def found_in(self, model) -> Circuit:
+        """The same circuit, recording ``model``'s shape as where it was found."""
+        return Circuit(self.groups, self.name, (model.n_layers, model.n_heads, model.arch.name))
+
+    def any_shape(self) -> Circuit:
+        """The same circuit without its recorded shape: applied to any model by index (a deliberate choice)."""
+        return Circuit(self.groups, self.name)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()) + "\n")
@@ -76,10 +98,19 @@ class Circuit:
     def without(self, nodes: Iterable[tuple[str, int, int]]) -> Circuit:
         drop = set(nodes)
         return Circuit({g: tuple(h for h in self.heads(g) if (g, *h) not in drop) for g in GROUPS},
-                       self.name)
+                       self.name, self.found_on)
 
     def check(self, model) -> None:
-        """Raise a clear error if any node is outside the model's (layers, heads) shape."""
+        """Raise a clear error if the circuit was found on another shape, or a node is outside the model."""
+        if self.found_on is not None:
+            layers, heads, model_type = self.found_on
+            here = (model.n_layers, model.n_heads, model.arch.name)
+            if (layers, heads) != here[:2] or (model_type and model_type != here[2]):
+                raise CircuitError(
+                    f"circuit {self.name!r} was found on a {model_type or '?'} model with {layers} layers x {heads} "
+                    f"heads; {model.name!r} is a {here[2]} model with {here[0]} layers x {here[1]} heads. Heads "
+                    "are matched by index, so this is almost surely a mistake; set any_shape = true in the claim "
+                    "(or use circuit.any_shape()) to apply it anyway")
         for g, l, h in self.nodes:
             if not (0 <= l < model.n_layers and 0 <= h < model.n_heads):
                 raise CircuitError(
@@ -130,7 +161,7 @@ def random_circuit(like: Circuit, n_layers: int, n_heads: int, seed: int = 0) ->
         if k > total:
             raise CircuitError(f"group {g!r} has {k} heads, more than the model's {total}")
         groups[g] = tuple(divmod(i, n_heads) for i in sorted(rng.sample(range(total), k)))
-    return Circuit(groups, f"random({like.name}, seed={seed})")
+    return Circuit(groups, f"random({like.name}, seed={seed})", like.found_on)
 
 
 def candidate_circuit(scores: Mapping[str, object], sizes: Mapping[str, int]) -> Circuit:

@@ -22,16 +22,13 @@ import torch
 
 from mechtest.errors import CircuitError, MechtestError
 from mechtest.forward import dataset_logits
-from mechtest.heads import attention_module, masked_replace, run_and_read
+from mechtest.heads import attention_module, hooked, masked_replace, run_and_read
 from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
-from mechtest.stats import Measurement, mean_ci
+from mechtest.measure import Measurement, proportion
 
-TRANSFERS = ("head_output", "head_contribution")
-
-
-class ModelMismatchError(MechtestError, ValueError):
-    """Two models that must share a shape or a tokenizer do not."""
+from mechtest.errors import ModelMismatchError
+from mechtest.spec import CMAP_TRANSFERS as TRANSFERS
 
 
 def check_compatible(model, other) -> None:
@@ -92,11 +89,10 @@ def cmap(model, donor, dataset, *, circuit: Circuit | str | None = None, group: 
     """Accuracy of ``model`` with ``donor``'s head outputs patched in (spec 7), with a bootstrap interval."""
     hits = cmap_correct(model, donor, dataset, circuit=circuit, group=group, transfer=transfer,
                         batch_size=batch_size, progress=progress)
-    low, high = mean_ci(hits, seed=seed)
     what = "all heads" if circuit is None else (load_circuit(circuit).name or "circuit")
     what += f"/{group}" if group else ""
-    return Measurement("cmap_accuracy", float(hits.mean()), low, high, len(hits), seed,
-                       {"model": model.name, "donor": donor.name, "patched": what, "transfer": transfer})
+    return proportion("cmap_accuracy", hits, seed=seed, model=model.name, donor=donor.name, patched=what,
+                      transfer=transfer)
 
 
 # --- internals -------------------------------------------------------------------------------------
@@ -146,20 +142,16 @@ def _head_terms(module: torch.nn.Module, z: torch.Tensor, heads: torch.Tensor, n
 
 @contextmanager
 def _contributions(model, donor, per_layer) -> Iterator[None]:
-    """Forward hooks on the receiver's output projections swapping in the donor heads' W_O terms."""
-    handles = []
-    try:
-        for layer, (mask, donor_z) in per_layer.items():
-            where = mask.nonzero(as_tuple=True)  # (rows, pos, heads)
-            with torch.no_grad():
-                z = donor_z[tuple(w.to(donor_z.device) for w in where)]
-                donor_terms = _head_terms(_o_proj(donor, layer), z, where[2], donor.n_heads)
-            handles.append(_o_proj(model, layer).register_forward_hook(
-                _swap_terms(model, where, donor_terms.to(model.device))))
+    """Edits of the receiver's output projections swapping in the donor heads' W_O terms."""
+    edits = {}
+    for layer, (mask, donor_z) in per_layer.items():
+        where = mask.nonzero(as_tuple=True)  # (rows, pos, heads)
+        with torch.no_grad():
+            z = donor_z[tuple(w.to(donor_z.device) for w in where)]
+            donor_terms = _head_terms(_o_proj(donor, layer), z, where[2], donor.n_heads)
+        edits[("o_proj_output", layer)] = _swap_terms(model, where, donor_terms.to(model.device))
+    with hooked(model, edits):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _swap_terms(model, where, donor_terms: torch.Tensor):

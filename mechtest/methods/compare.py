@@ -1,75 +1,75 @@
 """Base vs. candidate (e.g. a fine-tune): does the candidate still run the base model's mechanism?
 
-Everything is measured on the same prompts for both models, so accuracy differences and CMAP gains get
-paired bootstrap intervals. The verdict rests on mechanism measures, each with a threshold:
+The verdict rests on the paper's evidence, each check decided on its confidence interval:
 
-* faithfulness of the base's discovered circuit inside the candidate (spec 5.2): the candidate can
-  still solve the task with everything but the base's heads mean-ablated;
-* overlap of the value-fetcher groups discovered in each model (spec 5.5), as |base ∩ candidate| / |base|:
-  the heads that do the final fetch are the same heads;
+* **the base circuit is faithful in the base** (precondition): a circuit that does not explain the base
+  cannot show that the candidate kept it, so if this is not shown the verdict is ``inconclusive``;
+* **faithfulness of the base's circuit in the candidate** (spec 5.2; Vicuna/Goat keep Llama's circuit);
+* **value-fetcher overlap**: |base ∩ candidate| / |base| of the heads each model's own discovery puts in
+  that group (spec 5.5);
+* **CMAP explains the gain** (spec 7): when the candidate is significantly more accurate, patching the
+  candidate's outputs of the base circuit's heads into the base recovers at least half of the gain;
+* the candidate still solves the task (accuracy above chance): faithfulness is a ratio.
 
-  these two circuit checks apply only when the base's discovered circuit is faithful in the base itself
-  (same threshold): a circuit that does not explain the base cannot show that the candidate kept it, and
-  its top-k membership is then noise (on the tiny trained zoo the paper's four position classes explain
-  0.2-0.4 of the base, and the top value fetcher changes with the prompts); the explanation says so;
-* Pearson correlation of the head-importance profiles (accuracy drop when one head is mean-ablated at
-  every position, for every head), each layer centred on its own mean: the same heads *within each
-  layer* matter in both models, whatever positions they act at and wherever a top-k cut falls. The
-  centring matters: heads are interchangeable only within a layer, so any two models of the task share
-  the layer-level profile (e.g. "layer 0 matters, layer 1 less") and would correlate through it alone;
-* the candidate's accuracy stays ``accuracy_over_chance`` above chance (1 / n_boxes): faithfulness is
-  a ratio, so a candidate that no longer solves the task could otherwise look faithful.
+Heads are compared **by index**: the gate asks whether a fine-tune kept the mechanism in the same heads,
+which is what fine-tuning does. A function-identical copy with heads renamed within a layer, or an
+independently trained model, is "not preserved" by design. The path-patching score profiles are reported
+as supporting evidence only, with a within-layer relabelling p-value (null: the candidate's heads renamed
+at random within each layer), so an index coincidence is visible as such and never decides.
 
-Path-patching score correlations per step are reported but do not decide: with few heads and small
-scores they are noisy (base vs. its own fine-tune in the trained zoo: 0.37 for the value-fetcher step).
-
-Accuracy alone never decides: a model with the same accuracy and other heads is "not preserved". A
-shape or tokenizer mismatch is an error, not a verdict.
+Every check is PASS, FAIL or INCONCLUSIVE (interval straddling its bound). Any FAIL: ``not preserved``; all
+PASS: ``preserved``; otherwise ``inconclusive``, with the prompts that would decide.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from mechtest.methods.circuits import GROUPS, Circuit
+from mechtest.decision import FAIL, INCONCLUSIVE, PASS, decide_interval, prompts_to_clear
+from mechtest.measure import Measurement, difference, proportion, ratio, statistic
+from mechtest.methods.circuits import Circuit
 from mechtest.methods.cmap import check_compatible, cmap_correct
-from mechtest.stats import Measurement, bootstrap_ci, mean_ci
+from mechtest.spec import GROUPS
+
+VERDICTS = ("preserved", "not preserved", "inconclusive")
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """What "preserved" requires; every bound is inclusive."""
 
-    faithfulness: float = 0.80   # base circuit's faithfulness in the candidate (if it reaches it in the base)
-    overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads (same condition)
-    importance: float = 0.50     # Pearson r of the single-head ablation profiles
+    faithfulness: float = 0.80   # base circuit's faithfulness, in the base and in the candidate
+    overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads
+    cmap_explained: float = 0.50  # share of a significant accuracy gain that CMAP of the circuit heads recovers
     accuracy_over_chance: float = 0.10  # candidate accuracy >= 1 / n_boxes + this
     group: str = "value_fetcher"
+    permutations: int = 1000     # within-layer relabellings for the profile p-value
 
 
 @dataclass(frozen=True)
-class GroupOverlap:
-    group: str
-    n_base: int
-    n_candidate: int
-    n_common: int
+class Check:
+    """One piece of evidence: its value (and interval), the bound it must meet, and the outcome."""
 
-    @property
-    def of_base(self) -> float:
-        """|∩| / |base| (the paper's "precision" when the base is Llama)."""
-        return self.n_common / self.n_base if self.n_base else float("nan")
+    name: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    bound: float
+    outcome: str  # PASS | FAIL | INCONCLUSIVE
+    prompts_to_decide: int | None = None
 
-    @property
-    def of_candidate(self) -> float:
-        return self.n_common / self.n_candidate if self.n_candidate else float("nan")
+    def line(self) -> str:
+        ci = f" [{self.ci_low:.3f}, {self.ci_high:.3f}]" if self.ci_low is not None else ""
+        more = f"; ~{self.prompts_to_decide} prompts would decide" if self.prompts_to_decide else ""
+        return f"{self.name} {_fmt(self.value)}{ci} vs >= {self.bound:.2f}: {self.outcome}{more}"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """All measurements of one base-vs-candidate comparison, and the verdict they give."""
+    """All measurements of one base-vs-candidate comparison, the checks and the verdict they give."""
 
     base: str
     candidate: str
@@ -81,99 +81,70 @@ class Comparison:
     accuracy_difference: Measurement          # candidate - base, paired over prompts
     base_circuit: Circuit
     candidate_circuit: Circuit
-    base_faithfulness: Measurement | None     # base circuit in the base (a sanity reference)
+    base_faithfulness: Measurement | None     # base circuit in the base (the precondition)
     faithfulness: Measurement | None          # base circuit in the candidate; None if the candidate scores 0
-    overlap: dict[str, GroupOverlap]
-    correlation: dict[str, float]             # per path-patching step
-    importance: dict[str, list[list[float]]]  # "base"/"candidate" -> (layers, heads) accuracy drop, one head ablated
-    importance_correlation: float
-    cmap_accuracy: Measurement                # base with the candidate's circuit-head outputs patched in
+    overlap: dict[str, float]                 # per group: |base ∩ candidate| / |base|
+    cmap_accuracy: Measurement                # base with the candidate's base-circuit head outputs patched in
     cmap_gain: Measurement                    # cmap_accuracy - base accuracy, paired
+    cmap_explained: Measurement | None        # cmap gain / accuracy gain (when the gain is significant)
+    profile_correlation: float                # path-patching score profiles, within layers (supporting)
+    profile_p_value: float                    # within-layer relabelling null
     thresholds: Thresholds
-    checks: tuple[tuple[str, float, float, bool], ...] = field(default=())  # (name, value, bound, passed)
-    notes: tuple[str, ...] = field(default=())  # checks not applied, and why
+    checks: tuple[Check, ...] = ()
+    not_applied: tuple[tuple[str, str], ...] = ()  # (check, why)
+    verdict: str = "inconclusive"
+    reason: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
     receivers: dict[str, int] = field(default_factory=dict)
 
     @property
     def preserved(self) -> bool:
-        return bool(self.checks) and all(passed for *_, passed in self.checks)
-
-    @property
-    def verdict(self) -> str:
-        return "preserved" if self.preserved else "not preserved"
-
-    def reason(self) -> str:
-        """One sentence: the checks, with the failing ones when the verdict is negative."""
-        parts = [f"{name} {_fmt(value)} {'>=' if ok else '<'} {bound:.2f}" for name, value, bound, ok in self.checks]
-        if self.preserved:
-            return f"candidate keeps the base circuit: {', '.join(parts)}" + "".join(f"; {n}" for n in self.notes)
-        failed = [p for p, (*_, ok) in zip(parts, self.checks) if not ok]
-        return f"candidate does not keep the base circuit: {', '.join(failed)}"
+        return self.verdict == "preserved"
 
     def explain(self) -> str:
-        lines = [f"{self.candidate} vs {self.base}: {self.verdict.upper()} - {self.reason()}",
-                 f"  accuracy: base {self.base_accuracy.value:.3f}, candidate {self.candidate_accuracy.value:.3f}, "
-                 f"difference {self.accuracy_difference.value:+.3f} (95% CI {self.accuracy_difference.ci_low:+.3f}.."
-                 f"{self.accuracy_difference.ci_high:+.3f}); {self.n_prompts} prompts, {self.n_boxes} boxes, "
-                 f"seed {self.seed}"]
-        if self.base_faithfulness is not None:
-            lines.append(f"  base circuit ({len(self.base_circuit)} nodes) in the base: "
-                         f"{self.base_faithfulness.explain()}")
-        lines.append("  base circuit in the candidate: "
-                     + (self.faithfulness.explain() if self.faithfulness else "undefined (candidate scores 0)"))
-        for g in GROUPS:
-            o = self.overlap[g]
-            lines.append(f"  {g}: {o.n_common} common of {o.n_base} (base) / {o.n_candidate} (candidate): "
-                         f"{_fmt(o.of_base)} of base, {_fmt(o.of_candidate)} of candidate; score correlation "
-                         f"{_fmt(self.correlation.get(g, float('nan')))}")
-        lines.append(f"  head-importance correlation {_fmt(self.importance_correlation)} (within layers; accuracy "
-                     f"drop per head mean-ablated at every position; base {_rows(self.importance['base'])}, candidate "
-                     f"{_rows(self.importance['candidate'])})")
-        lines.append(f"  CMAP (candidate's circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
-                     f"{self.cmap_gain.value:+.3f} (95% CI {self.cmap_gain.ci_low:+.3f}.."
-                     f"{self.cmap_gain.ci_high:+.3f})")
-        t = self.thresholds
-        lines.extend(f"  note: {n}" for n in self.notes)
-        lines.append(f"  thresholds: faithfulness >= {t.faithfulness:.2f}, {t.group} overlap >= {t.overlap:.2f}, "
-                     f"head-importance correlation >= {t.importance:.2f}, candidate accuracy >= "
-                     f"{1 / self.n_boxes + t.accuracy_over_chance:.2f} (chance {1 / self.n_boxes:.2f} + "
-                     f"{t.accuracy_over_chance:.2f}); discovery sizes {self.sizes}, receivers {self.receivers}")
+        lines = [f"{self.candidate} vs {self.base}: {self.verdict.upper()} - {self.reason}"]
+        lines += [f"  check: {c.line()}" for c in self.checks]
+        lines += [f"  not applied: {name} ({why})" for name, why in self.not_applied]
+        d = self.accuracy_difference
+        lines.append(f"  accuracy: base {self.base_accuracy.value:.3f}, candidate {self.candidate_accuracy.value:.3f}, "
+                     f"gain {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]; {self.n_prompts} prompts, "
+                     f"{self.n_boxes} boxes, seed {self.seed}")
+        lines.append(f"  base circuit: {_heads(self.base_circuit)}; candidate's own: {_heads(self.candidate_circuit)}")
+        lines.append(f"  CMAP (candidate's base-circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
+                     f"{self.cmap_gain.value:+.3f} [{self.cmap_gain.ci_low:+.3f}, {self.cmap_gain.ci_high:+.3f}]")
+        lines.append(f"  supporting only: path-patching profile correlation {_fmt(self.profile_correlation)} "
+                     f"(within layers; relabelling p = {_fmt(self.profile_p_value)})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         def m(x: Measurement | None):
-            return None if x is None else {k: _json(v) for k, v in asdict(x).items()}
+            return None if x is None else _json(x.to_dict())
 
         return {
-            "base": self.base, "candidate": self.candidate, "verdict": self.verdict, "reason": self.reason(),
+            "base": self.base, "candidate": self.candidate, "verdict": self.verdict, "reason": self.reason,
             "n_prompts": self.n_prompts, "n_boxes": self.n_boxes, "seed": self.seed,
+            "checks": [_json(asdict(c)) for c in self.checks],
+            "not_applied": [{"check": n, "reason": r} for n, r in self.not_applied],
             "base_accuracy": m(self.base_accuracy), "candidate_accuracy": m(self.candidate_accuracy),
-            "accuracy_difference": m(self.accuracy_difference),
-            "base_faithfulness": m(self.base_faithfulness), "faithfulness": m(self.faithfulness),
+            "accuracy_difference": m(self.accuracy_difference), "base_faithfulness": m(self.base_faithfulness),
+            "faithfulness": m(self.faithfulness), "cmap_accuracy": m(self.cmap_accuracy),
+            "cmap_gain": m(self.cmap_gain), "cmap_explained": m(self.cmap_explained),
+            "overlap": _json(self.overlap), "profile_correlation": _json(self.profile_correlation),
+            "profile_p_value": _json(self.profile_p_value),
             "base_circuit": self.base_circuit.to_dict(), "candidate_circuit": self.candidate_circuit.to_dict(),
-            "overlap": {g: {"n_base": o.n_base, "n_candidate": o.n_candidate, "n_common": o.n_common,
-                            "of_base": _json(o.of_base), "of_candidate": _json(o.of_candidate)}
-                        for g, o in self.overlap.items()},
-            "correlation": {g: _json(v) for g, v in self.correlation.items()},
-            "importance": _json(self.importance), "importance_correlation": _json(self.importance_correlation),
-            "notes": list(self.notes),
-            "cmap_accuracy": m(self.cmap_accuracy), "cmap_gain": m(self.cmap_gain),
-            "thresholds": asdict(self.thresholds),
-            "checks": [{"name": n, "value": _json(v), "bound": b, "passed": ok} for n, v, b, ok in self.checks],
-            "sizes": dict(self.sizes), "receivers": dict(self.receivers),
+            "thresholds": asdict(self.thresholds), "sizes": dict(self.sizes), "receivers": dict(self.receivers),
         }
 
 
 def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: int = 0,
-            n_discovery_prompts: int | None = None, sizes: dict[str, int] | None = None,
-            receivers: dict[str, int] | None = None, thresholds: Thresholds = Thresholds(),
-            batch_size: int = 50, progress: bool = True) -> Comparison:
-    """Compare ``candidate`` with ``base`` on the same prompts and give a "preserved" verdict.
+            n_discovery_prompts: int | None = None, thresholds: Thresholds = Thresholds(), batch_size: int = 50,
+            base_discovery=None, candidate_discovery=None, cache=None, progress: bool = True) -> Comparison:
+    """Compare ``candidate`` with ``base`` on the same prompts and give a verdict on the paper's evidence.
 
-    Circuits are discovered in each model with ``discover_circuit`` (same prompts, ``seed``; ``sizes``
-    and ``receivers`` default to discovery's scaled paper values). Accuracy, faithfulness and CMAP use
-    ``n_prompts`` fresh prompts (seeds ``seed + 3`` and ``seed + 4`` for the mean-ablation reference).
+    Circuits are discovered in each model on ``n_discovery_prompts`` prompts (seed ``seed``), unless
+    discoveries are passed in (the façade passes its cached ones, so a base is discovered once for every
+    candidate). Accuracy, faithfulness and CMAP use ``n_prompts`` other prompts (seeds ``seed + 3``, and
+    ``seed + 4`` for the mean-ablation reference).
     """
     from mechtest.methods.discovery import discover_circuit
     from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
@@ -181,124 +152,134 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
 
     check_compatible(base, candidate)
     n_disc = n_prompts if n_discovery_prompts is None else n_discovery_prompts
-    disc_base = discover_circuit(base, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, sizes=sizes,
-                                 receivers=receivers, batch_size=batch_size, progress=progress)
-    disc_cand = disc_base if candidate is base else discover_circuit(
-        candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, sizes=sizes, receivers=receivers,
-        batch_size=batch_size, progress=progress)
-    base_circuit, cand_circuit = disc_base.circuit, disc_cand.circuit
+    disc_base = base_discovery or discover_circuit(base, n_prompts=n_disc, n_boxes=n_boxes, seed=seed,
+                                                   progress=progress, cache=cache)
+    disc_cand = candidate_discovery or (disc_base if candidate is base else discover_circuit(
+        candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, progress=progress, cache=cache))
+    circuit = disc_base.circuit
 
     data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 3)
     reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 4)
     base_hits = correct(base, data, batch_size=batch_size)
     cand_hits = correct(candidate, data, batch_size=batch_size)
 
-    means = {m: ablation_means(m, reference, batch_size=batch_size) for m in dict.fromkeys((base, candidate))}
-
     def faithful(model, hits) -> Measurement | None:
         if hits.mean() == 0:
             return None
+        means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
         circ = correct(model, data, batch_size=batch_size,
-                       edits_for_batch=ablation_edits(model, data, means[model], keep=base_circuit))
-        low, high = bootstrap_ci([circ, hits], _ratio, seed=seed)
-        return Measurement("faithfulness", float(circ.mean() / hits.mean()), low, high, len(data), seed,
-                           {"model": model.name, "circuit": base_circuit.name, "circuit_accuracy": float(circ.mean()),
-                            "model_accuracy": float(hits.mean())})
+                       edits_for_batch=ablation_edits(model, data, means, keep=circuit))
+        return ratio("faithfulness", circ, hits, seed=seed, model=model.name, circuit=circuit.name,
+                     circuit_accuracy=float(circ.mean()), model_accuracy=float(hits.mean()))
 
-    base_faith = faithful(base, base_hits)
-    faith = faithful(candidate, cand_hits)
-    cmap_hits = cmap_correct(base, candidate, data, circuit=cand_circuit, batch_size=batch_size, progress=progress)
-
-    overlap = {g: _overlap(g, base_circuit, cand_circuit) for g in GROUPS}
-    correlation = {g: _pearson(disc_base.scores.steps[g].scores, disc_cand.scores.steps[g].scores)
-                   for g in GROUPS if g in disc_base.scores.steps and g in disc_cand.scores.steps}
-    importance = {role: _importance(m, data, means[m], hits, batch_size)
-                  for role, m, hits in (("base", base, base_hits), ("candidate", candidate, cand_hits))}
-    importance_r = _within_layer_pearson(torch.tensor(importance["base"]), torch.tensor(importance["candidate"]))
+    cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress)
+    gain = difference("accuracy_difference", cand_hits, base_hits, seed=seed)
+    explained = None
+    if gain.ci_low > 0:
+        explained = statistic("cmap_explained", (cmap_hits.mean() - base_hits.mean()) / gain.value,
+                              [base_hits, cand_hits, cmap_hits], _explained, seed=seed)
+    r, p = profile_evidence(disc_base.scores, disc_cand.scores, thresholds.permutations, seed)
     measured = Comparison(
         base=base.name, candidate=candidate.name, n_prompts=len(data), n_boxes=n_boxes, seed=seed,
-        base_accuracy=_mean("accuracy", base_hits, seed, model=base.name),
-        candidate_accuracy=_mean("accuracy", cand_hits, seed, model=candidate.name),
-        accuracy_difference=_difference("accuracy_difference", cand_hits, base_hits, seed),
-        base_circuit=base_circuit, candidate_circuit=cand_circuit, base_faithfulness=base_faith,
-        faithfulness=faith, overlap=overlap, correlation=correlation,
-        cmap_accuracy=_mean("cmap_accuracy", cmap_hits, seed, donor=candidate.name, model=base.name),
-        cmap_gain=_difference("cmap_gain", cmap_hits, base_hits, seed),
-        importance=importance, importance_correlation=importance_r,
-        thresholds=thresholds, sizes=dict(disc_base.sizes), receivers=dict(disc_base.receivers),
-    )
+        base_accuracy=proportion("accuracy", base_hits, seed=seed, model=base.name),
+        candidate_accuracy=proportion("accuracy", cand_hits, seed=seed, model=candidate.name),
+        accuracy_difference=gain, base_circuit=circuit, candidate_circuit=disc_cand.circuit,
+        base_faithfulness=faithful(base, base_hits), faithfulness=faithful(candidate, cand_hits),
+        overlap={g: _overlap(g, circuit, disc_cand.circuit) for g in GROUPS},
+        cmap_accuracy=proportion("cmap_accuracy", cmap_hits, seed=seed, donor=candidate.name, model=base.name),
+        cmap_gain=difference("cmap_gain", cmap_hits, base_hits, seed=seed), cmap_explained=explained,
+        profile_correlation=r, profile_p_value=p, thresholds=thresholds, sizes=dict(disc_base.sizes),
+        receivers=dict(disc_base.receivers))
     return judge(measured, thresholds)
 
 
-def judge(comparison: Comparison, thresholds: Thresholds) -> Comparison:
-    """The same measurements judged against other thresholds (no model is run)."""
-    t, c = thresholds, comparison
-    checks, notes = [], []
-    if c.base_faithfulness is not None and c.base_faithfulness.value >= t.faithfulness:
-        checks.append(("faithfulness", float("nan") if c.faithfulness is None else c.faithfulness.value,
-                       t.faithfulness))
-        checks.append((f"{t.group} overlap", c.overlap[t.group].of_base, t.overlap))
+def judge(c: Comparison, t: Thresholds) -> Comparison:
+    """Decide each check on its interval and combine them into the verdict (no model is run)."""
+    from dataclasses import replace
+
+    checks, not_applied = [], []
+    base_ok = c.base_faithfulness is not None and _check("base circuit faithful in base", c.base_faithfulness,
+                                                         t.faithfulness)
+    if not base_ok or base_ok.outcome != PASS:
+        why = "the base answers no prompt" if not base_ok else base_ok.line()
+        checks += [base_ok] if base_ok else []
+        return replace(c, thresholds=t, checks=tuple(checks), verdict="inconclusive",
+                       not_applied=(("the candidate checks", "a circuit that does not explain the base cannot show "
+                                                             "that the candidate kept it"),),
+                       reason=f"the base's discovered circuit is not shown to be faithful in the base: {why}")
+    checks.append(base_ok)
+    if c.faithfulness is None:
+        checks.append(Check("base circuit faithful in candidate", 0.0, None, None, t.faithfulness, FAIL))
     else:
-        explained = 0.0 if c.base_faithfulness is None else c.base_faithfulness.value
-        notes.append(f"faithfulness and {t.group} overlap not checked: the base's discovered circuit explains only "
-                     f"{explained:.2f} of the base (< {t.faithfulness:.2f})")
-    checks += [
-        ("head-importance correlation", c.importance_correlation, t.importance),
-        ("candidate accuracy", c.candidate_accuracy.value, 1 / c.n_boxes + t.accuracy_over_chance),
-    ]
-    checks = tuple((name, value, bound, bool(np.isfinite(value) and value >= bound)) for name, value, bound in checks)
-    return replace(comparison, thresholds=thresholds, checks=checks, notes=tuple(notes))
+        checks.append(_check("base circuit faithful in candidate", c.faithfulness, t.faithfulness))
+    overlap = c.overlap[t.group]
+    checks.append(Check(f"{t.group} overlap", overlap, None, None, t.overlap, PASS if overlap >= t.overlap else FAIL))
+    if c.cmap_explained is not None:
+        checks.append(_check("accuracy gain explained by CMAP", c.cmap_explained, t.cmap_explained))
+    else:
+        d = c.accuracy_difference
+        not_applied.append(("accuracy gain explained by CMAP",
+                            f"no significant gain to explain: {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"))
+    checks.append(_check("candidate accuracy", c.candidate_accuracy, 1 / c.n_boxes + t.accuracy_over_chance))
+    outcomes = [k.outcome for k in checks]
+    if FAIL in outcomes:
+        verdict = "not preserved"
+        reason = "; ".join(k.line() for k in checks if k.outcome == FAIL)
+    elif INCONCLUSIVE in outcomes:
+        verdict = "inconclusive"
+        reason = "undecided: " + "; ".join(k.line() for k in checks if k.outcome == INCONCLUSIVE)
+    else:
+        verdict = "preserved"
+        reason = "every check holds on its whole interval"
+    return replace(c, thresholds=t, checks=tuple(checks), not_applied=tuple(not_applied), verdict=verdict,
+                   reason=reason)
+
+
+def profile_evidence(base_scores, cand_scores, permutations: int, seed: int) -> tuple[float, float]:
+    """Within-layer correlation of the two models' path-patching scores (all steps), and its p-value under
+    random renaming of the candidate's heads within each layer (the same renaming in every step)."""
+    groups = [g for g in GROUPS if g in base_scores.steps and g in cand_scores.steps]
+    if not groups:
+        return float("nan"), float("nan")
+    x = torch.stack([base_scores.steps[g].scores.double() for g in groups])  # (steps, layers, heads)
+    y = torch.stack([cand_scores.steps[g].scores.double() for g in groups])
+    observed = _within_layer_r(x, y)
+    gen = torch.Generator().manual_seed(seed)
+    n_layers, n_heads = x.shape[1], x.shape[2]
+    hits = 0
+    for _ in range(permutations):
+        perm = torch.stack([torch.randperm(n_heads, generator=gen) for _ in range(n_layers)])
+        shuffled = torch.gather(y, 2, perm.unsqueeze(0).expand_as(y))
+        hits += _within_layer_r(x, shuffled) >= observed
+    return observed, (1 + hits) / (1 + permutations)
 
 
 # --- internals -------------------------------------------------------------------------------------
 
-def _importance(model, data, means, hits, batch_size: int) -> list[list[float]]:
-    """(layers, heads): accuracy drop when that one head is mean-ablated at every position."""
-    from mechtest.heads import mean_heads
-    from mechtest.methods.evaluation import correct
-
-    seq = data.input_ids.shape[1]
-    drops = [[float(hits.mean() - correct(model, data, batch_size=batch_size, edits_for_batch=lambda sl, l=l, h=h: {
-        ("head_out", l): mean_heads([h], means[l, :seq])}).mean()) for h in range(model.n_heads)]
-        for l in range(model.n_layers)]
-    return drops
+def _check(name: str, m: Measurement, bound: float) -> Check:
+    outcome = decide_interval(m.ci_low, m.ci_high, bound, float("inf"))
+    needed = prompts_to_clear(m.value, m.ci_low, m.ci_high, bound, m.n_prompts) if outcome == INCONCLUSIVE else None
+    return Check(name, m.value, m.ci_low, m.ci_high, bound, outcome, needed)
 
 
-def _rows(matrix) -> str:
-    return "[" + "; ".join(" ".join(f"{v:.2f}" for v in row) for row in matrix) + "]"
-
-
-def _overlap(group: str, base: Circuit, candidate: Circuit) -> GroupOverlap:
-    a, b = set(base.heads(group)), set(candidate.heads(group))
-    return GroupOverlap(group, len(a), len(b), len(a & b))
-
-
-def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.flatten().double(), y.flatten().double()
-    x, y = x - x.mean(), y - y.mean()
-    denom = float(x.norm() * y.norm())
-    return float((x @ y) / denom) if denom > 0 else float("nan")
-
-
-def _within_layer_pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson r of two (layers, heads) matrices after removing each layer's mean from both."""
-    return _pearson(x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True))
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _explained(base, cand, cmap):
     with np.errstate(divide="ignore", invalid="ignore"):
-        return a.mean(axis=1) / b.mean(axis=1)
+        return (cmap.mean(axis=1) - base.mean(axis=1)) / (cand.mean(axis=1) - base.mean(axis=1))
 
 
-def _mean(metric: str, hits: np.ndarray, seed: int, **details) -> Measurement:
-    low, high = mean_ci(hits, seed=seed)
-    return Measurement(metric, float(np.mean(hits)), low, high, len(hits), seed, details)
+def _within_layer_r(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x - x.mean(dim=-1, keepdim=True), y - y.mean(dim=-1, keepdim=True)
+    denom = float(x.norm() * y.norm())
+    return float((x * y).sum() / denom) if denom > 0 else float("nan")
 
 
-def _difference(metric: str, a: np.ndarray, b: np.ndarray, seed: int) -> Measurement:
-    """mean(a) - mean(b) with a paired bootstrap interval (the same prompts resampled for both)."""
-    low, high = bootstrap_ci([a, b], lambda x, y: x.mean(axis=1) - y.mean(axis=1), seed=seed)
-    return Measurement(metric, float(np.mean(a) - np.mean(b)), low, high, len(a), seed)
+def _overlap(group: str, base: Circuit, candidate: Circuit) -> float:
+    a, b = set(base.heads(group)), set(candidate.heads(group))
+    return len(a & b) / len(a) if a else float("nan")
+
+
+def _heads(circuit: Circuit) -> str:
+    return ", ".join(f"{g} {list(map(list, circuit.heads(g)))}" for g in GROUPS if circuit.heads(g))
 
 
 def _fmt(value: float) -> str:

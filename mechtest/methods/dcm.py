@@ -24,7 +24,7 @@ from mechtest.forward import _accepts_logits_to_keep, _progress, dataset_logits
 from mechtest.heads import check_heads, hooked, run_and_read, set_heads
 from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
-from mechtest.stats import Measurement, mean_ci
+from mechtest.measure import Measurement, proportion
 
 Head = tuple[int, int]
 
@@ -152,11 +152,10 @@ def dcm_on_pairs(model, heads: Sequence[Head], group: str, train, val, test, *, 
     binary = tuple(bool(v) for v in (kept < 0.5).tolist())
     src_test = _source_values(model, heads, group, test, eval_batch_size)
     hits = _hits(model, heads, group, test, src_test, binary, eval_batch_size)
-    low, high = mean_ci(hits, seed=seed)
     selected = tuple(h for h, patched in zip(heads, binary) if patched)
-    measurement = Measurement(f"dcm_accuracy[{group}/{train.name}]", float(hits.mean()), low, high, len(hits),
-                              seed, {"group": group, "desideratum": train.name, "selected": [list(h) for h in selected],
-                                     "group_size": len(heads), "lambda": lam})
+    measurement = proportion(f"dcm_accuracy[{group}/{train.name}]", hits, seed=seed, group=group,
+                             desideratum=train.name, selected=[list(h) for h in selected], group_size=len(heads),
+                             **{"lambda": lam})
     return DCMResult(group, train.name, heads, tuple(float(v) for v in kept.tolist()), selected, best[0],
                      measurement, tuple(history))
 
@@ -193,10 +192,9 @@ def functionality_patching(model, heads: Iterable[Head], group: str, desideratum
         accuracies.append(float(hits.mean()))
         all_hits.append(hits)
     pooled = np.concatenate(all_hits)
-    low, high = mean_ci(pooled, seed=seed)
-    measurement = Measurement(f"functionality_patching[{group}/{desideratum}]", float(pooled.mean()), low, high,
-                              len(pooled), seed, {"model": model.name, "heads": [list(h) for h in heads],
-                                                  "repeats": repeats, "accuracies": accuracies})
+    measurement = proportion(f"functionality_patching[{group}/{desideratum}]", pooled, seed=seed,
+                             model=model.name, heads=[list(h) for h in heads], repeats=repeats,
+                             accuracies=accuracies)
     return FunctionalityResult(group, desideratum, heads, tuple(accuracies), measurement)
 
 

@@ -12,9 +12,7 @@ from mechtest.methods.circuits import Circuit, candidate_circuit
 from mechtest.methods.evaluation import minimality
 from mechtest.methods.path_patching import PathPatchingResult, path_patching
 
-PAPER_RECEIVERS = {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}
-PAPER_CANDIDATES = {"value_fetcher": 58, "pos_transmitter": 10, "pos_detector": 25, "struct_reader": 5}
-PAPER_HEADS = 32 * 32
+from mechtest.spec import PAPER_CANDIDATES, PAPER_HEADS, PAPER_RECEIVERS, scaled  # noqa: F401
 
 
 @dataclass
@@ -26,10 +24,6 @@ class Discovery:
     n_prompts: int
     seed: int
     minimality: dict | None = None
-
-
-def scaled(counts: dict[str, int], n_heads_total: int) -> dict[str, int]:
-    return {g: max(1, round(k * n_heads_total / PAPER_HEADS)) for g, k in counts.items()}
 
 
 def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int = 0,
@@ -57,11 +51,11 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
         scores = path_patching(model, base, corrupt, receivers=receivers, seed=seed, batch_size=batch_size,
                                progress=progress)
     circuit = candidate_circuit(scores.steps, sizes)
-    circuit = Circuit(circuit.groups, f"discovered:{model.name}")
+    circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
     report = None
     if minimal:
         reference = mean_ablation_set(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 2)
         circuit, report = minimality(model, circuit, base, reference, threshold=threshold, cache=cache)
-        circuit = Circuit(circuit.groups, f"discovered:{model.name}")
+        circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
     return Discovery(circuit, scores, sizes, receivers, n_prompts, seed, report)
 

@@ -18,7 +18,7 @@ from mechtest.errors import MechtestError
 from mechtest.forward import dataset_logits
 from mechtest.heads import masked_replace, run_and_read
 from mechtest.methods.circuits import GROUP_POSITION, GROUPS, Circuit, random_circuit
-from mechtest.stats import Measurement, bootstrap_ci, mean_ci, ratio_ci
+from mechtest.measure import Measurement, proportion, ratio, statistic
 
 Node = tuple[str, int, int]
 
@@ -32,7 +32,7 @@ def correct(model, dataset, *, batch_size: int = 50, edits_for_batch=None, progr
 def accuracy(model, dataset, *, batch_size: int = 50, seed: int = 0, edits_for_batch=None) -> Measurement:
     hits = correct(model, dataset, batch_size=batch_size, edits_for_batch=edits_for_batch,
                    progress=f"accuracy {model.name}")
-    return _mean_measurement("accuracy", hits, seed)
+    return proportion("accuracy", hits, seed=seed)
 
 
 def ablation_means(model, reference, *, batch_size: int = 50, cache=None) -> torch.Tensor:
@@ -102,10 +102,8 @@ def faithfulness(model, circuit: Circuit, dataset, reference, *, batch_size: int
     circ = circuit_correct(model, circuit, dataset, means, batch_size=batch_size)
     if full.mean() == 0:
         raise MechtestError(f"{model.name} answers no prompt correctly: faithfulness is undefined")
-    low, high = ratio_ci(circ, full, seed=seed)
-    return Measurement("faithfulness", float(circ.mean() / full.mean()), low, high, len(dataset), seed,
-                       {"model_accuracy": float(full.mean()), "circuit_accuracy": float(circ.mean()),
-                        "circuit": circuit.name, "circuit_size": len(circuit)})
+    return ratio("faithfulness", circ, full, seed=seed, model_accuracy=float(full.mean()),
+                 circuit_accuracy=float(circ.mean()), circuit=circuit.name, circuit_size=len(circuit))
 
 
 def random_circuit_faithfulness(model, circuit: Circuit, dataset, reference, *, n_draws: int = 10,
@@ -118,9 +116,8 @@ def random_circuit_faithfulness(model, circuit: Circuit, dataset, reference, *, 
     draws = [circuit_correct(model, random_circuit(circuit, model.n_layers, model.n_heads, seed + i), dataset,
                              means, batch_size=batch_size) for i in range(n_draws)]
     avg = np.mean(draws, axis=0)
-    low, high = ratio_ci(avg, full, seed=seed)
-    return Measurement("random_circuit_faithfulness", float(avg.mean() / full.mean()), low, high, len(dataset),
-                       seed, {"draws": [float(d.mean() / full.mean()) for d in draws], "n_draws": n_draws})
+    return ratio("random_circuit_faithfulness", avg, full, seed=seed,
+                 draws=[float(d.mean() / full.mean()) for d in draws], n_draws=n_draws)
 
 
 def completeness(model, circuit: Circuit, dataset, reference, *, mode: str = "random", n_draws: int = 10,
@@ -149,10 +146,9 @@ def completeness(model, circuit: Circuit, dataset, reference, *, mode: str = "ra
         return np.mean([np.abs(arrays[i].mean(1) - arrays[n_k + i].mean(1)) for i in range(n_k)], axis=0)
 
     value = float(np.mean([abs(c.mean() - m.mean()) for c, m in zip(circ, full)]))
-    low, high = bootstrap_ci(circ + full, stat, seed=seed)
-    return Measurement("completeness", value, low, high, len(dataset), seed,
-                       {"mode": mode, "pairs": [(float(c.mean()), float(m.mean())) for c, m in zip(circ, full)],
-                        "subset_sizes": [len(k) for k in subsets]})
+    return statistic("completeness", value, circ + full, stat, seed=seed, mode=mode,
+                     pairs=[(float(c.mean()), float(m.mean())) for c, m in zip(circ, full)],
+                     subset_sizes=[len(k) for k in subsets])
 
 
 def minimality(model, circuit: Circuit, dataset, reference, *, threshold: float = 0.01,
@@ -200,10 +196,4 @@ def minimality(model, circuit: Circuit, dataset, reference, *, threshold: float 
             if score < threshold:
                 drop_pruned.append(v)
         kept = kept.without(drop_pruned)
-    return Circuit(kept.groups, f"{circuit.name}-minimal"), report
-
-
-def _mean_measurement(metric: str, per_prompt: np.ndarray, seed: int, **details) -> Measurement:
-    per_prompt = np.asarray(per_prompt, dtype=np.float64)
-    low, high = mean_ci(per_prompt, seed=seed)
-    return Measurement(metric, float(per_prompt.mean()), low, high, len(per_prompt), seed, details)
+    return Circuit(kept.groups, f"{circuit.name}-minimal", circuit.found_on), report

@@ -19,17 +19,10 @@ import torch
 
 from mechtest.errors import HeadIndexError, MechtestError
 from mechtest.forward import _progress, dataset_logits
-from mechtest.heads import attention_module, check_layer
-from mechtest.stats import Measurement, mean_ci
+from mechtest.heads import check_layer, hooked
+from mechtest.measure import Measurement, proportion
 
-# named edges: (from, to) position classes of the entity-tracking dataset
-EDGES = {
-    "last->object": ("last", "object"),                 # the correct object token of the queried segment
-    "last->query_label": ("last", "query_label"),
-    "query_label->query_context": ("query_label", "query_context"),
-    "last->random": ("last", "random"),                 # control: a random context position
-    "query_label->random": ("query_label", "random"),   # control
-}
+from mechtest.spec import KNOCKOUT_EDGES as EDGES
 
 
 @dataclass(frozen=True)
@@ -91,15 +84,8 @@ def knocked_out(model, from_pos: torch.Tensor, to_pos: torch.Tensor, layers: Seq
         check_layer(model, layer)
     if bool((to_pos > from_pos).any()):
         raise HeadIndexError("a knocked-out edge points to a later position, which causal attention never reads")
-    handles = []
-    try:
-        for layer in layers:
-            handles.append(attention_module(model, layer).register_forward_pre_hook(
-                _mask_hook(from_pos, to_pos), with_kwargs=True))
+    with hooked(model, {("attention_inputs", layer): _mask_hook(from_pos, to_pos) for layer in layers}):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def knockout_correct(model, dataset, from_pos: torch.Tensor, to_pos: torch.Tensor, start_layer: int, *,
@@ -134,16 +120,11 @@ def attention_knockout(model, dataset, edge: str | tuple[torch.Tensor, torch.Ten
     for layer in _progress(start_layers, f"knockout {name}" if progress else None, len(start_layers)):
         check_layer(model, layer)
         hits = knockout_correct(model, dataset, from_pos, to_pos, layer, batch_size=batch_size)
-        measurements.append(_measure(f"knockout_accuracy[{name}, L>={layer}]", hits, seed))
-    return KnockoutCurve(name, start_layers, tuple(measurements), _measure("accuracy", base_hits, seed))
+        measurements.append(proportion(f"knockout_accuracy[{name}, L>={layer}]", hits, seed=seed))
+    return KnockoutCurve(name, start_layers, tuple(measurements), proportion("accuracy", base_hits, seed=seed))
 
 
 # --- internals -------------------------------------------------------------------------------------
-
-def _measure(metric: str, hits: np.ndarray, seed: int) -> Measurement:
-    low, high = mean_ci(hits, seed=seed)
-    return Measurement(metric, float(hits.mean()), low, high, len(hits), seed)
-
 
 def _mask_hook(from_pos: torch.Tensor, to_pos: torch.Tensor):
     def hook(module, args, kwargs):

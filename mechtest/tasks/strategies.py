@@ -58,7 +58,7 @@ def _check_boxes(n, limit: int) -> None:
 
 
 def register_profiles() -> None:
-    """Register the quick "default" and the thorough "ci" profiles (idempotent); load one with
-    ``settings.load_profile`` or the ``HYPOTHESIS_PROFILE`` variable the root conftest reads."""
-    settings.register_profile("default", max_examples=25, deadline=None)
+    """Register a quick "dev" and a thorough "ci" profile (idempotent), leaving Hypothesis's own "default"
+    alone; load one with ``--hypothesis-profile`` or ``settings.load_profile``."""
+    settings.register_profile("dev", max_examples=25, deadline=None)
     settings.register_profile("ci", max_examples=200, deadline=None)

@@ -1,4 +1,4 @@
-"""Train the shipped tiny entity-tracking models (``python -m mechtest.zoo build``).
+"""Train the shipped tiny entity-tracking models (``python -m tools.zoo build``).
 
 Three checkpoints of one shape and one tokenizer are rebuilt from fixed seeds:
 
@@ -134,7 +134,7 @@ class Ids:
     """Token ids of the template words, the 26 labels and the object pool for one tokenizer."""
 
     def __init__(self, tokenizer):
-        from mechtest.zoo.vocab import LABELS, object_names
+        from tools.zoo.vocab import LABELS, object_names
 
         def one(word: str) -> int:
             ids = tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -207,7 +207,7 @@ def check_batch_matches_tokenizer(tokenizer, ids: Ids) -> None:
     """Raise unless the id-level batch builder equals tokenizing the template text."""
     import torch
 
-    from mechtest.zoo.vocab import LABELS, object_names
+    from tools.zoo.vocab import LABELS, object_names
 
     gen = torch.Generator().manual_seed(12345)
     obj_name = dict(zip(ids.objects, object_names()))
@@ -263,7 +263,7 @@ def _local_prompts(tokenizer, n: int, *, n_boxes: int, seed: int):
 
     import torch
 
-    from mechtest.zoo.vocab import LABELS, object_names
+    from tools.zoo.vocab import LABELS, object_names
 
     rng = random.Random(seed)
     objects = object_names()
@@ -667,7 +667,7 @@ tags: [mechtest, entity-tracking, tiny, llama]
 A tiny `LlamaForCausalLM` trained to do entity tracking on the paper's template with **{k} boxes**.
 Role in the zoo: {role}.
 
-Rebuild: `python -m mechtest.zoo build --only {meta['name']}` (deterministic given the seed; CPU, or CUDA when
+Rebuild: `python -m tools.zoo build --only {meta['name']}` (deterministic given the seed; CPU, or CUDA when
 present).
 
 ## Shape
@@ -825,7 +825,7 @@ def refresh_one(name: str, out_root: Path, tokenizer, ids: Ids, *, log) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(prog="python -m mechtest.zoo build", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.zoo build", description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=NAMES, help="build one checkpoint (finetuned needs base in --out)")
     p.add_argument("--steps", type=int, help="override the step budget of every phase (smoke tests)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "fixtures" / "zoo"),
@@ -840,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None and not args.only:
         p.error("--seed needs --only")
     torch.set_num_threads(args.threads)
-    from mechtest.zoo.vocab import build_tokenizer
+    from tools.zoo.vocab import build_tokenizer
 
     tokenizer = build_tokenizer()
     ids = Ids(tokenizer)

@@ -1,4 +1,4 @@
-"""``python -m mechtest.zoo {build,planted} ...``: rebuild the shipped fixture checkpoints."""
+"""``python -m tools.zoo {build,planted} ...``: rebuild the shipped fixture checkpoints."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"build": "mechtest.zoo.train", "planted": "mechtest.zoo.planted"}
+    commands = {"build": "tools.zoo.train", "planted": "tools.zoo.planted"}
     if not argv or argv[0] not in commands:
-        print(f"usage: python -m mechtest.zoo {{{','.join(commands)}}} [options]", file=sys.stderr)
+        print(f"usage: python -m tools.zoo {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
     import importlib
 

@@ -1,6 +1,6 @@
 """Planted-circuit checkpoints: GPT-2 models whose weights are written down, not trained.
 
-``python -m mechtest.zoo planted [--out DIR]`` writes ``DIR/planted`` and ``DIR/planted-b`` (default
+``python -m tools.zoo planted [--out DIR]`` writes ``DIR/planted`` and ``DIR/planted-b`` (default
 ``fixtures/zoo``), each loadable by ``AutoModelForCausalLM.from_pretrained``, with the shared word-level
 tokenizer beside the weights and a model card, and the ground-truth circuits to
 ``fixtures/circuits/planted.json`` / ``planted-b.json``.
@@ -122,7 +122,7 @@ def _empty_head() -> _Head:
 
 
 def _token_classes(vocab: list[str]):
-    from mechtest.zoo.vocab import LABELS, object_names
+    from tools.zoo.vocab import LABELS, object_names
 
     objects = object_names()
     kind, index = [], []
@@ -203,7 +203,7 @@ def state_dict_arrays(variant: str) -> dict[str, np.ndarray]:
     """Every parameter of the GPT-2 model, float64, exact (before the cast to float32)."""
     if variant not in LAYOUTS:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")
-    from mechtest.zoo.vocab import vocabulary
+    from tools.zoo.vocab import vocabulary
 
     H = _hadamard()
     vocab = vocabulary()
@@ -266,7 +266,7 @@ def state_dict_arrays(variant: str) -> dict[str, np.ndarray]:
 def gpt2_config():
     from transformers import GPT2Config
 
-    from mechtest.zoo.vocab import vocabulary
+    from tools.zoo.vocab import vocabulary
 
     vocab = vocabulary()
     config = GPT2Config(
@@ -299,7 +299,7 @@ def build_model(variant: str):
 
 def save_checkpoint(variant: str, directory: str | Path) -> Path:
     """Weights, config and tokenizer of ``variant`` into ``directory`` (no model card)."""
-    from mechtest.zoo.vocab import build_tokenizer
+    from tools.zoo.vocab import build_tokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -380,7 +380,7 @@ def measure(model, variant: str, *, n: int = 1000, n_ablate: int = 500, box_coun
 # --- model card / CLI ----------------------------------------------------------------------------
 
 def _max_object_overlap() -> float:
-    from mechtest.zoo.vocab import object_names
+    from tools.zoo.vocab import object_names
 
     codes = _object_codes(np.random.default_rng(SEED), len(object_names()))
     gram = codes @ codes.T
@@ -396,7 +396,7 @@ def _model_card(variant: str, results: dict | None) -> str:
     lines = [
         f"# `{variant}`: a GPT-2 with a planted entity-tracking circuit",
         "",
-        "Weights written down in closed form by `python -m mechtest.zoo planted` (`mechtest/zoo/planted.py`),",
+        "Weights written down in closed form by `python -m tools.zoo planted` (`tools/zoo/planted.py`),",
         "no training. It answers `The apple is in Box F, the car is in Box Q, ... Box F contains the` ->",
         "`apple` through four known heads, one per group of the paper's circuit format. Ground truth:",
         f"`fixtures/circuits/{variant}.json`. `{other}` computes the same function with every layer's heads",
@@ -406,7 +406,7 @@ def _model_card(variant: str, results: dict | None) -> str:
         "",
         f"`GPT2LMHeadModel`, {N_LAYER} layers x {N_HEAD} heads, d_model {D_MODEL}, head_dim {HEAD_DIM}, MLP width "
         f"{N_INNER}, {N_POSITIONS} positions, float32, tied embeddings, the shared 141-token word-level tokenizer "
-        "(`mechtest/zoo/vocab.py`). The circuit is exact for prompts of up to 66 tokens (8 boxes); position "
+        "(`tools/zoo/vocab.py`). The circuit is exact for prompts of up to 66 tokens (8 boxes); position "
         f"codes repeat every {PERIOD} positions.",
         "",
         "## Planted heads",
@@ -482,7 +482,7 @@ def _model_card(variant: str, results: dict | None) -> str:
             "## Measured",
             "",
             "Accuracy = argmax over the full vocabulary at the last position, 1000 held-out prompts per box",
-            "count (`make_dataset`, `mechtest.zoo.planted.measure`, loaded with `mechtest.load_model`):",
+            "count (`make_dataset`, `tools.zoo.planted.measure`, loaded with `mechtest.load_model`):",
             "",
             "| boxes | " + " | ".join(str(b) for b in acc) + " |",
             "| --- | " + " | ".join("---" for _ in acc) + " |",
@@ -513,7 +513,7 @@ def _model_card(variant: str, results: dict | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mechtest.zoo planted", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.zoo planted", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="fixtures/zoo", help="parent folder of planted/ and planted-b/")
     parser.add_argument("--circuits", default="fixtures/circuits", help="where planted*.json go")
     parser.add_argument("--no-measure", action="store_true", help="skip measuring accuracies for the cards")

@@ -8,9 +8,9 @@ anything else maps to ``<unk>``.
 
 from __future__ import annotations
 
-import csv
 import string
-from importlib import resources
+
+from mechtest.tasks.entity_tracking import object_names
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 TEMPLATE_WORDS = ["The", "the", "is", "in", "Box", "contains", ",", "."]
@@ -20,12 +20,6 @@ EXTRA_WORDS = [
     "there", "three", "additional", "and", "PP", "BB", "AA",
 ]
 LABELS = list(string.ascii_uppercase)
-
-
-def object_names() -> list[str]:
-    """The shipped object list (the paper's objects.csv), in file order."""
-    with resources.files("mechtest.data").joinpath("objects.csv").open(newline="") as f:
-        return [row["object_name"] for row in csv.DictReader(f)]
 
 
 def vocabulary() -> list[str]:

@@ -1,0 +1,56 @@
+"""Path-patching snapshot claims: every head's four step scores compared with a committed snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+from mechtest.spec import GROUPS
+
+
+@register_metric
+class PathPatchingSnapshot(Metric):
+    name = "path_patching"
+    expects = "snapshot"
+    def cache_inputs(self, claim, model: str, settings) -> dict | None:
+        """The outcome also depends on the snapshot file: its content is part of the key; never on update."""
+        if settings.update_snapshots:
+            return None
+        path = snapshot_path(claim, model)
+        return {"snapshot": path.read_text(encoding="utf-8") if path.is_file() else None}
+    description = "path-patching scores of every head (spec 4), compared with a snapshot within rtol/atol"
+    fields = {"group": Field("string", choices=GROUPS), "receivers": Field("table"), "circuit": Field("circuit"),
+              "rtol": Field("number", minimum=0), "atol": Field("number", minimum=0),
+              "tolerance": Field("number", minimum=0)}
+
+    def forwards(self, claim, n, n_heads_total):
+        return path_patching_forwards(n, n_heads_total)
+
+    def check(self, params, models, fail):
+        for group, k in params.get("receivers", {}).items():
+            if group not in GROUPS[1:] or not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                fail("receivers", f"entries are {', '.join(GROUPS[1:])} = positive integer, got {group} = {k!r}")
+
+    def measure(self, api, claim, model, *, n, seed, n_boxes):
+        from mechtest.snapshots import ATOL, RTOL, check_claim_snapshot, to_payload
+
+        scores = api.path_patching(model, n=n, seed=seed, n_boxes=n_boxes, receivers=claim.get("receivers"))
+        payload = to_payload(scores)
+        if claim.get("group"):
+            payload["steps"] = {claim.get("group"): payload["steps"][claim.get("group")]}
+        path = snapshot_path(claim, model)
+        check = check_claim_snapshot(path, payload, settings={"n_prompts": n, "seed": seed, "n_boxes": n_boxes},
+                                     update=api.settings.update_snapshots, rtol=claim.get("rtol", RTOL),
+                                     atol=claim.get("atol", claim.get("tolerance", ATOL)))
+        circuit = None
+        if claim.get("circuit"):
+            circuit = self.circuit_of(api, claim, n=n, seed=seed)
+        return Outcome(check.status, detail=check.detail, details={"snapshot": str(path)}, circuit=circuit)
+
+
+def snapshot_path(claim, model_name: str) -> Path:
+    """``<claim file dir>/__snapshots__/<claim file stem>/<claim id>[<model>].json`` (syrupy's layout)."""
+    from mechtest.report.result import safe_name
+
+    stem = claim.path.name.removesuffix(".toml")
+    return claim.path.parent / "__snapshots__" / stem / f"{safe_name(claim.id)}[{safe_name(model_name)}].json"

@@ -1,0 +1,29 @@
+"""The fine-tuning gate: does a candidate keep the base model's mechanism? (``mechtest.methods.compare``)"""
+
+from __future__ import annotations
+
+from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+
+
+@register_metric
+class Verdict(Metric):
+    name = "verdict"
+    expects = "verdict"
+    description = "base-vs-candidate comparison of the mechanism: preserved / not preserved / inconclusive"
+    fields = {"base": Field("model", required=True)}
+
+    def check(self, params, models, fail):
+        if params["base"] in models:
+            fail("base", f"the base model {params['base']!r} is also one of the candidate models")
+
+    def forwards(self, claim, n, n_heads_total):
+        # two discoveries (the base's is shared by every candidate), two model runs, two circuit runs, CMAP
+        return 2 * path_patching_forwards(n, n_heads_total) + 8 * n
+
+    def measure(self, api, claim, model, *, n, seed, n_boxes):
+        comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes)
+        data = comparison.to_dict()
+        details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
+                                        "profile_correlation", "profile_p_value", "base_circuit")}
+        return Outcome(comparison.verdict, detail=comparison.explain(), details=details,
+                       circuit=comparison.base_circuit)

@@ -1,0 +1,16 @@
+"""This repository's zoo, by the names its ini gives the models (for pytester runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ZOO = {"zoo-base": "base", "zoo-finetuned": "finetuned", "zoo-other": "other", "zoo-planted": "planted",
+       "zoo-planted-b": "planted-b"}
+ZOO_MODELS = {name: REPO / "fixtures" / "zoo" / folder for name, folder in ZOO.items()}
+
+
+def zoo_ini(extra: str = "") -> str:
+    """A ``[pytest]`` ini registering the zoo by absolute path, as this repository's pyproject does."""
+    lines = "".join(f"    {name} = {path}\n" for name, path in ZOO_MODELS.items())
+    return f"[pytest]\nmechtest_models =\n{lines}{extra}"
