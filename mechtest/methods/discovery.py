@@ -29,8 +29,12 @@ class Discovery:
 def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int = 0,
                      sizes: dict[str, int] | None = None, receivers: dict[str, int] | None = None,
                      minimal: bool = False, threshold: float = 0.01, batch_size: int = 100,
-                     progress: bool = True, cache=None) -> Discovery:
-    """Find the entity-tracking circuit of ``model`` from scratch, with the paper's procedure."""
+                     progress: bool = True, cache=None, triage: bool = False) -> Discovery:
+    """Find the entity-tracking circuit of ``model`` from scratch, with the paper's procedure.
+
+    ``triage=True`` scores every head by attribution and path-patches exactly only the top candidates
+    (``mechtest.methods.attribution.triage``); the default scores every head exactly.
+    """
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set, path_patching_corruption
 
     total = model.n_layers * model.n_heads
@@ -38,8 +42,14 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
     receivers = {**scaled(PAPER_RECEIVERS, total), **(receivers or {})}
     base = make_dataset(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed)
     corrupt = path_patching_corruption(base, model.tokenizer, seed=seed + 1)
-    scores = path_patching(model, base, corrupt, receivers=receivers, seed=seed, batch_size=batch_size,
-                           progress=progress)
+    if triage:
+        from mechtest.methods.attribution import triage as triage_path_patching
+
+        scores = triage_path_patching(model, base, corrupt, receivers=receivers, sizes=sizes, seed=seed,
+                                      batch_size=batch_size, progress=progress).result
+    else:
+        scores = path_patching(model, base, corrupt, receivers=receivers, seed=seed, batch_size=batch_size,
+                               progress=progress)
     circuit = candidate_circuit(scores.steps, sizes)
     circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
     report = None
