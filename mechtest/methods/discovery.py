@@ -12,7 +12,7 @@ from mechtest.methods.circuits import Circuit, candidate_circuit
 from mechtest.methods.evaluation import minimality
 from mechtest.methods.path_patching import PathPatchingResult, path_patching
 
-from mechtest.spec import PAPER_CANDIDATES, PAPER_HEADS, PAPER_RECEIVERS, scaled  # noqa: F401
+from mechtest.spec import PAPER_CANDIDATES, PAPER_RECEIVERS, scaled
 
 
 @dataclass

@@ -28,7 +28,7 @@ from mechtest.methods.path_patching_batch import BatchContext
 from mechtest.methods.path_patching_fast import fast_scores
 from mechtest.methods.path_patching_reference import naive_scores
 
-POSITIONS = ("last", "query_label", "query_context")
+from mechtest.spec import GROUPS, PAPER_RECEIVERS, POSITIONS, STEP_PLAN  # noqa: F401  (POSITIONS: re-exported)
 
 
 @dataclass(frozen=True)
@@ -75,21 +75,15 @@ class PathPatchingResult:
         return self.steps[group]
 
 
-# Spec 4.4: the four steps, in discovery order, with the paper's Llama receiver counts as defaults.
-DEFAULT_RECEIVERS = {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}
+# Spec 4.4: the four steps (mechtest.spec.STEP_PLAN), with the paper's Llama receiver counts as defaults.
+DEFAULT_RECEIVERS = PAPER_RECEIVERS
 # (group, sender/receiver position, group whose top-k are the receivers, receiver site)
-PLAN = (
-    ("value_fetcher", "last", None, None),
-    ("pos_transmitter", "last", "value_fetcher", "q"),
-    ("pos_detector", "query_label", "pos_transmitter", "v"),
-    ("struct_reader", "query_context", "pos_detector", "v"),
-)
+PLAN = tuple((p.group, p.position, p.previous, p.receiver_site) for p in STEP_PLAN)
 
 
 def path_patching(model, base, corrupt, *, receivers: dict[str, int] | None = None, seed: int = 0,
                   batch_size: int = 100, naive: bool = False, progress: bool = True,
-                  groups: Sequence[str] = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader"),
-                  ) -> PathPatchingResult:
+                  groups: Sequence[str] = GROUPS) -> PathPatchingResult:
     """Run the steps of spec 4.4 in order; each step's top-k heads are the next step's receivers."""
     k = {**DEFAULT_RECEIVERS, **(receivers or {})}
     result = PathPatchingResult()

@@ -7,12 +7,12 @@ layer stack), so that the engines themselves only describe what they patch.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from mechtest.compat import cache_tensors, make_cache, output_cache
 from mechtest.heads import _get, hooked, kv_head_of, record, run_and_read
 
 
@@ -84,10 +84,17 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
 
     handle = layers[layer].register_forward_pre_hook(feed, with_kwargs=True)
     setattr(parent, name, torch.nn.ModuleList(list(layers)[layer:]))
+    # gemma2/3 and others pick each layer's mask and rotary table by its index in config.layer_types
+    config = model.hf.config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        config.layer_types = list(layer_types)[layer:]
     try:
         yield
     finally:
         setattr(parent, name, layers)
+        if layer_types is not None:
+            config.layer_types = layer_types
         handle.remove()
 
 
@@ -118,34 +125,6 @@ def set_at(heads, positions, values):
         return out
 
     return fn
-
-
-def cache_kwarg(model) -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; accept both generations."""
-    return "cache" if "cache" in inspect.signature(type(model.hf).forward).parameters else "past_key_values"
-
-
-def output_cache(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (key, value) tensors of a transformers cache, across cache API generations."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache))
-    return [tuple(kv[:2]) for kv in cache]
-
-
-def make_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(ddp_cache_data=kv)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache.from_legacy_cache(tuple(kv))
 
 
 def prefix_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], repeats: int):
@@ -191,6 +170,9 @@ def fused_attention(model):
     only edit q/k/v and head outputs, which both implementations compute the same way, while eager
     attention materialises, masks and normalises every score in separate passes.
     """
+    if "attn_softcap" in model.arch.quirks:  # SDPA cannot soft-cap attention scores (gemma2)
+        yield
+        return
     configs = {id(m.config): m.config for m in model.hf.modules()
                if getattr(getattr(m, "config", None), "_attn_implementation", None) == "eager"}
     try:

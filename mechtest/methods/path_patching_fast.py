@@ -16,7 +16,8 @@ import torch
 
 from mechtest.forward import _accepts_logits_to_keep
 from mechtest.heads import hooked, record
-from mechtest.methods.path_patching_batch import (BatchContext, StopForward, cache_kwarg, constant,
+from mechtest.compat import cache_kwarg
+from mechtest.methods.path_patching_batch import (BatchContext, StopForward, constant,
                                                   fused_attention, prefix_cache, receiver_layers,
                                                   receivers_by_layer, start_at_layer, stop_forward)
 

@@ -164,5 +164,11 @@ def get_metric(name: str) -> Metric:
 
 
 # the shipped metrics register themselves on import
-from mechtest.metrics import circuit, interventions, path_patching, verdict  # noqa: E402,F401
-from mechtest.metrics import property as _property  # noqa: E402,F401  (not the builtin)
+def _register_shipped() -> None:
+    import importlib
+
+    for module in ("circuit", "interventions", "path_patching", "property", "verdict"):
+        importlib.import_module(f"mechtest.metrics.{module}")
+
+
+_register_shipped()
