@@ -7,12 +7,12 @@ layer stack), so that the engines themselves only describe what they patch.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from mechtest.compat import cache_tensors, make_cache, output_cache
 from mechtest.heads import _get, hooked, kv_head_of, record, run_and_read
 
 
@@ -82,13 +82,22 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
             return (hidden.to(args[0].dtype),) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden.to(kwargs["hidden_states"].dtype)}
 
+    # some models (Gemma 3) look a layer's type (sliding or full attention, its rotary table) up by its
+    # index in the list: slice that list with the layers
+    typed = {id(m.config): m.config for m in model.hf.modules()
+             if isinstance(getattr(getattr(m, "config", None), "layer_types", None), list)}
+    types = {key: config.layer_types for key, config in typed.items()}
     handle = layers[layer].register_forward_pre_hook(feed, with_kwargs=True)
     setattr(parent, name, torch.nn.ModuleList(list(layers)[layer:]))
     try:
+        for key, config in typed.items():
+            config.layer_types = types[key][layer:]
         yield
     finally:
         setattr(parent, name, layers)
         handle.remove()
+        for key, config in typed.items():
+            config.layer_types = types[key]
 
 
 class StopForward(Exception):
@@ -118,34 +127,6 @@ def set_at(heads, positions, values):
         return out
 
     return fn
-
-
-def cache_kwarg(model) -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; accept both generations."""
-    return "cache" if "cache" in inspect.signature(type(model.hf).forward).parameters else "past_key_values"
-
-
-def output_cache(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (key, value) tensors of a transformers cache, across cache API generations."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache))
-    return [tuple(kv[:2]) for kv in cache]
-
-
-def make_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(ddp_cache_data=kv)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache.from_legacy_cache(tuple(kv))
 
 
 def prefix_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], repeats: int):
@@ -189,10 +170,13 @@ def fused_attention(model):
 
     mechtest loads models with eager attention (attention knockout edits its mask); the engines here
     only edit q/k/v and head outputs, which both implementations compute the same way, while eager
-    attention materialises, masks and normalises every score in separate passes.
+    attention materialises, masks and normalises every score in separate passes. Models whose attention
+    SDPA cannot express (logit soft-capping, Gemma 2) stay eager.
     """
     configs = {id(m.config): m.config for m in model.hf.modules()
                if getattr(getattr(m, "config", None), "_attn_implementation", None) == "eager"}
+    if any(getattr(c, "attn_logit_softcapping", None) for c in configs.values()):
+        configs = {}
     try:
         for config in configs.values():
             config._attn_implementation = "sdpa"
