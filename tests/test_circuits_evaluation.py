@@ -49,8 +49,14 @@ def test_circuit_round_trip_and_errors(tmp_path, tiny):
         load_circuit(tmp_path / "missing.json")
     with pytest.raises(CircuitError, match="unknown paper circuit"):
         load_circuit("paper:gpt")
-    with pytest.raises(CircuitError, match=r"node \(15, 13\) .* outside its 3 layers x 4 heads"):
+    with pytest.raises(CircuitError, match=r"found on a llama model with 32 layers x 32 heads; .* 3 layers x 4 heads"):
         load_circuit("paper:llama").check(tiny)
+    with pytest.raises(CircuitError, match=r"node \(15, 13\) .* outside its 3 layers x 4 heads"):
+        load_circuit("paper:llama").any_shape().check(tiny)  # by index: still checked against the shape
+    with pytest.raises(CircuitError, match="'found_on' must be"):
+        Circuit.from_dict({"value_fetcher": [[0, 0]], "found_on": {"layers": 2}})
+    round_trip = Circuit.from_dict(load_circuit("paper:llama").to_dict())
+    assert round_trip.found_on == (32, 32, "llama") and round_trip.groups == load_circuit("paper:llama").groups
 
 
 def test_random_circuits_match_sizes_and_are_distinct():

@@ -84,7 +84,7 @@ def test_an_unfaithful_base_circuit_makes_the_verdict_inconclusive(planted_vs_it
     """A base circuit that does not explain the base cannot vouch for any candidate: inconclusive, and says so."""
     c = judge(planted_vs_itself, Thresholds(faithfulness=1.01))
     assert c.base_accuracy is planted_vs_itself.base_accuracy  # re-judged, not re-measured
-    assert c.verdict == "inconclusive" and "not shown to be faithful in the base" in c.reason
+    assert c.verdict == "inconclusive" and "is not faithful in the base" in c.reason
     assert c.not_applied[0][0] == "the candidate checks"
 
 

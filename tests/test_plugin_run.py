@@ -165,8 +165,9 @@ def test_python_api(pytester, cache_dir):
 
         def test_compare(mechtest):
             c = mechtest.compare("zoo-planted", "zoo-planted-b")
-            # 7 prompts (--mechtest-prompts) cannot show even the base circuit faithful: never "preserved"
-            assert c.verdict == "inconclusive" and c.base_circuit.heads("value_fetcher") == ((3, 1),), c.explain()
+            # 7 prompts (--mechtest-prompts) leave the base circuit's faithfulness undecided, but planted-b's
+            # failure is clear: a clear failure of the candidate decides
+            assert c.verdict == "not preserved" and c.base_circuit.heads("value_fetcher") == ((3, 1),), c.explain()
     """)
     run(pytester, cache_dir).assert_outcomes(passed=3)
 

@@ -3,7 +3,8 @@
 The verdict rests on the paper's evidence, each check decided on its confidence interval:
 
 * **the base circuit is faithful in the base** (precondition): a circuit that does not explain the base
-  cannot show that the candidate kept it, so if this is not shown the verdict is ``inconclusive``;
+  cannot show that the candidate kept it, so if it clearly fails the verdict is ``inconclusive``; if its
+  interval straddles the bound, only a clear failure of the candidate decides (``not preserved``);
 * **faithfulness of the base's circuit in the candidate** (spec 5.2; Vicuna/Goat keep Llama's circuit);
 * **value-fetcher overlap**: |base ∩ candidate| / |base| of the heads each model's own discovery puts in
   that group (spec 5.5);
@@ -200,14 +201,14 @@ def judge(c: Comparison, t: Thresholds) -> Comparison:
     checks, not_applied = [], []
     base_ok = c.base_faithfulness is not None and _check("base circuit faithful in base", c.base_faithfulness,
                                                          t.faithfulness)
-    if not base_ok or base_ok.outcome != PASS:
+    if not base_ok or base_ok.outcome == FAIL:
         why = "the base answers no prompt" if not base_ok else base_ok.line()
         checks += [base_ok] if base_ok else []
         return replace(c, thresholds=t, checks=tuple(checks), verdict="inconclusive",
                        not_applied=(("the candidate checks", "a circuit that does not explain the base cannot show "
                                                              "that the candidate kept it"),),
-                       reason=f"the base's discovered circuit is not shown to be faithful in the base: {why}")
-    checks.append(base_ok)
+                       reason=f"the base's discovered circuit is not faithful in the base: {why}")
+    checks.append(base_ok)  # PASS, or INCONCLUSIVE: a clear failure of the candidate still decides
     if c.faithfulness is None:
         checks.append(Check("base circuit faithful in candidate", 0.0, None, None, t.faithfulness, FAIL))
     else:
