@@ -82,6 +82,11 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
             return (hidden.to(args[0].dtype),) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden.to(kwargs["hidden_states"].dtype)}
 
+    # some models (Gemma 3) look a layer's type (sliding or full attention, its rotary table) up by its
+    # index in the list: slice that list with the layers
+    typed = {id(m.config): m.config for m in model.hf.modules()
+             if isinstance(getattr(getattr(m, "config", None), "layer_types", None), list)}
+    types = {key: config.layer_types for key, config in typed.items()}
     handle = layers[layer].register_forward_pre_hook(feed, with_kwargs=True)
     setattr(parent, name, torch.nn.ModuleList(list(layers)[layer:]))
     # gemma2/3 and others pick each layer's mask and rotary table by its index in config.layer_types
@@ -90,12 +95,16 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
     if layer_types is not None:
         config.layer_types = list(layer_types)[layer:]
     try:
+        for key, config in typed.items():
+            config.layer_types = types[key][layer:]
         yield
     finally:
         setattr(parent, name, layers)
         if layer_types is not None:
             config.layer_types = layer_types
         handle.remove()
+        for key, config in typed.items():
+            config.layer_types = types[key]
 
 
 class StopForward(Exception):
@@ -168,13 +177,16 @@ def fused_attention(model):
 
     mechtest loads models with eager attention (attention knockout edits its mask); the engines here
     only edit q/k/v and head outputs, which both implementations compute the same way, while eager
-    attention materialises, masks and normalises every score in separate passes.
+    attention materialises, masks and normalises every score in separate passes. Models whose attention
+    SDPA cannot express (logit soft-capping, Gemma 2) stay eager.
     """
     if "attn_softcap" in model.arch.quirks:  # SDPA cannot soft-cap attention scores (gemma2)
         yield
         return
     configs = {id(m.config): m.config for m in model.hf.modules()
                if getattr(getattr(m, "config", None), "_attn_implementation", None) == "eager"}
+    if any(getattr(c, "attn_logit_softcapping", None) for c in configs.values()):
+        configs = {}
     try:
         for config in configs.values():
             config._attn_implementation = "sdpa"

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mechtest.forward import _accepts_logits_to_keep
+from mechtest.compat import accepts_logits_to_keep, cache_kwarg
 from mechtest.heads import hooked, record
-from mechtest.compat import cache_kwarg
 from mechtest.methods.path_patching_batch import (BatchContext, StopForward, constant,
                                                   fused_attention, prefix_cache, receiver_layers,
                                                   receivers_by_layer, start_at_layer, stop_forward)
@@ -137,7 +136,7 @@ def _run_b(model, ctx: BatchContext, step: Step, recorded: dict, ex, p: int, las
     b_edits = {(step.receiver_site, l): _set_blocks(heads, starts, values(l, heads)) for l, heads in patched.items()}
     repeats = 1 if _packed(p, s) else n_s
     cache = prefix_cache([(k[ex, :, :p], v[ex, :, :p]) for k, v in ctx.kv], repeats)
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     with torch.no_grad(), hooked(model, b_edits), start_at_layer(model, first, hidden), fused_attention(model):
         out = model.hf(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
                        **{cache_kwarg(model): cache}, **kwargs)
