@@ -89,19 +89,12 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
     types = {key: config.layer_types for key, config in typed.items()}
     handle = layers[layer].register_forward_pre_hook(feed, with_kwargs=True)
     setattr(parent, name, torch.nn.ModuleList(list(layers)[layer:]))
-    # gemma2/3 and others pick each layer's mask and rotary table by its index in config.layer_types
-    config = model.hf.config
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        config.layer_types = list(layer_types)[layer:]
     try:
         for key, config in typed.items():
             config.layer_types = types[key][layer:]
         yield
     finally:
         setattr(parent, name, layers)
-        if layer_types is not None:
-            config.layer_types = layer_types
         handle.remove()
         for key, config in typed.items():
             config.layer_types = types[key]
@@ -180,9 +173,6 @@ def fused_attention(model):
     attention materialises, masks and normalises every score in separate passes. Models whose attention
     SDPA cannot express (logit soft-capping, Gemma 2) stay eager.
     """
-    if "attn_softcap" in model.arch.quirks:  # SDPA cannot soft-cap attention scores (gemma2)
-        yield
-        return
     configs = {id(m.config): m.config for m in model.hf.modules()
                if getattr(getattr(m, "config", None), "_attn_implementation", None) == "eager"}
     if any(getattr(c, "attn_logit_softcapping", None) for c in configs.values()):
