@@ -72,9 +72,12 @@ def test_random_circuits_match_sizes_and_are_distinct():
 
 
 def test_candidate_circuit_keeps_a_shared_head_as_transmitter_only():
+    import torch
+
     class Scores:
         def __init__(self, heads):
             self.heads = heads
+            self.scores = torch.full((3, 4), -1.0)  # every head matters
 
         def top(self, k):
             return self.heads[:k]
@@ -173,3 +176,16 @@ def test_completeness_of_the_planted_circuit_is_near_zero(planted):
     model, truth, (dataset, reference) = planted
     c = completeness(model, truth, dataset[:60], reference, mode="group")
     assert c.value <= 0.1
+
+
+def test_candidate_circuit_leaves_a_group_empty_when_no_head_has_an_effect():
+    import torch
+
+    from mechtest.methods.path_patching import Step, StepResult
+
+    scores = torch.zeros(2, 3)
+    scores[1, 2] = -0.5
+    steps = {"value_fetcher": StepResult(Step("value_fetcher", "last"), scores, 10, 0),
+             "pos_transmitter": StepResult(Step("pos_transmitter", "last"), torch.zeros(2, 3), 10, 0)}
+    found = candidate_circuit(steps, {"value_fetcher": 2, "pos_transmitter": 1})
+    assert found.heads("value_fetcher") == ((1, 2),) and found.heads("pos_transmitter") == ()

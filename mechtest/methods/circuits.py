@@ -167,9 +167,13 @@ def random_circuit(like: Circuit, n_layers: int, n_heads: int, seed: int = 0) ->
 def candidate_circuit(scores: Mapping[str, object], sizes: Mapping[str, int]) -> Circuit:
     """Spec 4.5: top-k heads of each step's score matrix; a head in both top-VF and top-PT stays PT only.
 
-    ``scores`` maps group -> a path-patching ``StepResult``; ``sizes`` group -> k.
+    ``scores`` maps group -> a path-patching ``StepResult``; ``sizes`` group -> k. Only heads with a negative
+    score (patching them lowers the answer's probability) are candidates: when no head has any effect (e.g.
+    every receiver sits in layer 0, so no sender is below it) the group stays empty instead of being filled
+    by head order with heads that mean nothing.
     """
-    groups = {g: tuple(scores[g].top(sizes[g])) for g in GROUPS if g in scores and sizes.get(g)}
+    groups = {g: tuple(h for h in scores[g].top(sizes[g]) if float(scores[g].scores[h]) < 0)
+              for g in GROUPS if g in scores and sizes.get(g)}
     if "value_fetcher" in groups and "pos_transmitter" in groups:
         pt = set(groups["pos_transmitter"])
         groups["value_fetcher"] = tuple(h for h in groups["value_fetcher"] if h not in pt)
