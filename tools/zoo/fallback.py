@@ -62,9 +62,18 @@ class Recipe:
     frozen: list[tuple[int, int]] = field(default_factory=list)   # heads zeroed and kept zero
     moved: dict = field(default_factory=dict)   # (layer, head) -> head slot its weights are copied into
     kind: str = ""
+    degrade: bool = False            # after training, the smallest multiplicative noise putting valid acc in band
 
 
-BASE_STAGE = Stage(max_steps=600, boxes=(2, 3, 4), n_queries=4, lr=5e-5, seed=0, band=BASE_BAND, every=3)
+BASE_STAGE = Stage(max_steps=200, boxes=(2, 3, 4, 5, 6), n_queries=3, lr=3e-5, seed=0, band=BASE_BAND, every=5)
+DEGRADE_SCALES = tuple(round(0.01 * i, 2) for i in range(21))  # final noise searched for the band
+DEGRADE_SEED = 100
+# Every saved model's final LayerNorm (ln_f weight and bias) is multiplied by this after training: a readout
+# temperature (argmax, hence accuracy, unchanged; head outputs unchanged) so that a wrong answer keeps a
+# non-negligible probability. Discovery scores a head by the *relative* change of the answer's probability,
+# averaged over prompts; with the planted model's sharp logits, prompts the imperfect base gets wrong have
+# p_clean ~ 0 and dominate the average with huge positive ratios, and the value fetcher came out last.
+READOUT_SCALE = 0.5
 
 
 def _ft(seed: int, lr: float = 5e-5, boxes=(7,), extra: int = 20) -> Stage:
@@ -80,7 +89,7 @@ def recipes() -> list[Recipe]:
     moved_a = {h: (h[0], (h[1] + 1) % 4) for h in circ}
     moved_b = {h: (h[0], (h[1] + 3) % 4) for h in circ}
     return [
-        Recipe("base", "planted:planted:1", [BASE_STAGE], kind="base"),
+        Recipe("base", "planted:planted:1", [BASE_STAGE], kind="base", degrade=True),
         Recipe("finetuned", "base", [_ft(10)], kind="finetuned"),
         Recipe("other", "planted:planted-b:2", [Stage(**{**BASE_STAGE.__dict__, "seed": 1}), _ft(20)], kind="other"),
         Recipe("fallback-benign-seed11", "base", [_ft(11)], out="controls", kind="benign"),
@@ -131,6 +140,15 @@ def noise(model, scale: float, seed: int) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1 + scale * torch.randn(p.shape, generator=gen))
+
+
+def readout(model, scale: float) -> None:
+    """Multiply the final LayerNorm's weight and bias by ``scale`` (logits scale by it, argmax unchanged)."""
+    import torch
+
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(scale)
+        model.transformer.ln_f.bias.mul_(scale)
 
 
 def _head_cols(head: int, head_dim: int = 64):
@@ -227,17 +245,31 @@ def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
     start_acc = accuracy(model, ctx.valid)
     log(f"{r.name}: start {r.start} valid{N_BOXES} {start_acc:.3f}")
     stages = [train_stage(model, ctx, st, r.frozen, log) for st in r.stages]
+    degraded = None
+    if r.degrade and stages[-1]["reason"] != "band":
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for scale in DEGRADE_SCALES:
+            model.load_state_dict(trained)
+            noise(model, scale, DEGRADE_SEED)
+            acc = accuracy(model, ctx.valid)
+            log(f"  degrade noise {scale}: valid{N_BOXES} {acc:.3f}")
+            if BASE_BAND[0] <= acc <= BASE_BAND[1]:
+                degraded = {"scale": scale, "seed": DEGRADE_SEED, "valid_accuracy": acc}
+                break
+        else:
+            raise RuntimeError("no degrade noise put the validation accuracy in the band")
     built[r.name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     held = accuracy(model, ctx.heldout)
     meta = {"name": r.name, "kind": r.kind, "n_boxes": N_BOXES, "heldout_accuracy": held,
             "heldout_seed": HELDOUT_SEED, "heldout_n": HELDOUT_N, "start": start,
-            "start_valid_accuracy": start_acc, "stages": stages, "steps": sum(s["steps"] for s in stages),
+            "start_valid_accuracy": start_acc, "stages": stages, "degrade": degraded, "steps": sum(s["steps"] for s in stages),
             "frozen_heads": [list(h) for h in r.frozen],
             "moved_heads": [[list(a), list(b)] for a, b in r.moved.items()],
             "dtype": "float16" if r.out == "controls" else "float32",
             "wall_time_s": round(time.time() - t0, 1)}
     out = (ZOO if r.out == "zoo" else CONTROLS) / r.name
     out.mkdir(parents=True, exist_ok=True)
+    readout(model, READOUT_SCALE)
     save = model.half() if r.out == "controls" else model
     save.save_pretrained(out)
     ctx.tok.save_pretrained(out)
@@ -256,8 +288,13 @@ def model_card(meta: dict, measured: dict | None = None) -> str:
               f"`1 + {start['noise']} * N(0, 1)` (noise seed {start['noise_seed']})" if "planted_variant" in start
               else f"`{start['from']}`")
     extra = ""
+    if meta.get("degrade"):
+        d = meta["degrade"]
+        extra += (f"\nThen every weight multiplied by `1 + {d['scale']} * N(0, 1)` (seed {d['seed']}): the smallest noise "
+                  f"of {DEGRADE_SCALES[0]}, {DEGRADE_SCALES[1]}, ... that puts the {N_BOXES}-box validation accuracy in "
+                  f"{BASE_BAND} ({d['valid_accuracy']:.3f}), so the mechanism is formed but imperfect at {N_BOXES} boxes.\n")
     if meta["frozen_heads"]:
-        extra = (f"\nRerouted: heads {meta['frozen_heads']} (base's circuit) had their weights copied to "
+        extra += (f"\nRerouted: heads {meta['frozen_heads']} (base's circuit) had their weights copied to "
                  f"{[b for _, b in meta['moved_heads']]} (same layer), then their slice of `c_proj` was zeroed "
                  "and kept zero after every optimizer step, so the job runs in other heads.\n")
     text = f"""# `{meta['name']}` ({meta['kind']}): fallback zoo, trained from a planted model
@@ -273,6 +310,9 @@ Start: {origin}. Then AdamW (betas 0.9/0.999, no weight decay, grad-clip 1), eve
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {stages}
 {extra}
+Saved with the final LayerNorm's weight and bias multiplied by {READOUT_SCALE} (a readout temperature: same
+argmax, same head outputs; see `READOUT_SCALE` in the builder for why).
+
 Held-out accuracy at {N_BOXES} boxes (make_dataset seed {HELDOUT_SEED}, {HELDOUT_N} prompts):
 **{meta['heldout_accuracy']:.3f}**. Wall time {meta['wall_time_s']} s on one CPU thread.
 """
@@ -309,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.zoo fallback")
     p.add_argument("--measure", action="store_true", help="measure the built models (tools/zoo/fallback_measure)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--renamings", type=int, default=50, help="within-layer renamings of `other` for the false-pass rate")
     args = p.parse_args(argv)
     t0 = time.time()
 
@@ -318,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         from tools.zoo.fallback_measure import measure_all
 
-        measure_all(args.seeds, log)
+        from tools.zoo.fallback_measure import write_cards
+
+        write_cards(measure_all(args.seeds, log, n_renamings=args.renamings))
     else:
         build(None, log)
     log(f"total {time.time() - t0:.0f}s")
