@@ -1,0 +1,372 @@
+"""``python -m tools.zoo fallback``: the zoo's fallback, trained from planted models (DESIGN.md, "The zoo").
+
+`base` starts from the planted GPT-2 (``tools/zoo/planted.py``, circuit known), every weight multiplied by
+``1 + NOISE * N(0, 1)`` so that no weight is hand-set any more and the model is near chance at 7 boxes, then
+trained with AdamW on 2-4 boxes (every query supervised, ``tools.zoo.train.make_batch``) until its accuracy
+at 7 boxes (validation prompts, never the held-out ones) lands in a band around Llama-7B's 0.66. Then:
+
+* `finetuned`: `base` trained further on 7 boxes (the evaluated setting) until >= 0.95;
+* `other`: the same two phases from `planted-b` (same function, the planted heads in other slots) with its own
+  noise and data seeds: an independent model of the same shape and tokenizer, its own heads;
+* controls under ``fixtures/controls`` (float16 safetensors; ``mechtest.load_model`` loads float32 on CPU):
+  benign fine-tunes of `base` (other seeds, learning rates, box mixes), rerouted models (base's circuit heads
+  zeroed in the output projection and kept zero while training; each one's job moved to another head of
+  its layer) and independent seeds (`planted-b` with other noise seeds).
+
+Every run is deterministic (one thread, fixed seeds). Measurements: ``python -m tools.zoo fallback --measure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+N_BOXES = 7
+NOISE = 0.15                # multiplicative weight noise applied to the planted model
+VALID_SEED = 777            # validation prompts used to stop training (make_dataset seed)
+VALID_N = 400
+HELDOUT_SEED = 1000         # held-out prompts for the model cards (never used to stop training)
+HELDOUT_N = 1000
+BASE_BAND = (0.63, 0.72)    # 7-box validation accuracy at which `base` is snapshotted
+FINETUNED_MIN = 0.95
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "fixtures" / "zoo"
+CONTROLS = ROOT / "fixtures" / "controls"
+
+
+@dataclass
+class Stage:
+    """One AdamW phase (box count per batch drawn uniformly from ``boxes``)."""
+
+    max_steps: int
+    boxes: tuple[int, ...]
+    n_queries: int
+    lr: float
+    seed: int
+    band: tuple[float, float] | None = None
+    stop_at: float | None = None
+    extra_steps: int = 0
+    every: int = 10
+    batch: int = 16
+
+
+@dataclass
+class Recipe:
+    name: str
+    start: str                       # "planted:<variant>:<noise seed>" or the name of a built model
+    stages: list[Stage]
+    out: str = "zoo"                 # "zoo" (float32) or "controls" (float16)
+    frozen: list[tuple[int, int]] = field(default_factory=list)   # heads zeroed and kept zero
+    moved: dict = field(default_factory=dict)   # (layer, head) -> head slot its weights are copied into
+    kind: str = ""
+    degrade: bool = False            # after training, the smallest multiplicative noise putting valid acc in band
+
+
+BASE_STAGE = Stage(max_steps=200, boxes=(2, 3, 4, 5, 6), n_queries=3, lr=3e-5, seed=0, band=BASE_BAND, every=5)
+DEGRADE_SCALES = tuple(round(0.01 * i, 2) for i in range(21))  # final noise searched for the band
+DEGRADE_SEED = 100
+# Every saved model's final LayerNorm (ln_f weight and bias) is multiplied by this after training: a readout
+# temperature (argmax, hence accuracy, unchanged; head outputs unchanged) so that a wrong answer keeps a
+# non-negligible probability. Discovery scores a head by the *relative* change of the answer's probability,
+# averaged over prompts; with the planted model's sharp logits, prompts the imperfect base gets wrong have
+# p_clean ~ 0 and dominate the average with huge positive ratios, and the value fetcher came out last.
+READOUT_SCALE = 0.5
+
+
+def _ft(seed: int, lr: float = 5e-5, boxes=(7,), extra: int = 20) -> Stage:
+    return Stage(max_steps=600, boxes=boxes, n_queries=2, lr=lr, seed=seed, stop_at=FINETUNED_MIN,
+                 extra_steps=extra, every=10)
+
+
+def recipes() -> list[Recipe]:
+    from tools.zoo.planted import planted_heads
+
+    circ = sorted(planted_heads("planted").values())
+    # rerouted: each circuit head's weights go to the next slot of its layer; the original slot is zeroed/frozen
+    moved_a = {h: (h[0], (h[1] + 1) % 4) for h in circ}
+    moved_b = {h: (h[0], (h[1] + 3) % 4) for h in circ}
+    return [
+        Recipe("base", "planted:planted:1", [BASE_STAGE], kind="base", degrade=True),
+        Recipe("finetuned", "base", [_ft(10)], kind="finetuned"),
+        Recipe("other", "planted:planted-b:2", [Stage(**{**BASE_STAGE.__dict__, "seed": 1}), _ft(20)], kind="other"),
+        Recipe("fallback-benign-seed11", "base", [_ft(11)], out="controls", kind="benign"),
+        Recipe("fallback-benign-lr1e-4", "base", [_ft(12, lr=1e-4)], out="controls", kind="benign"),
+        Recipe("fallback-benign-boxes5-7", "base", [_ft(13, lr=3e-5, boxes=(5, 6, 7), extra=40)], out="controls",
+               kind="benign"),
+        Recipe("fallback-rerouted-a", "base", [_ft(14)], out="controls", frozen=circ, moved=moved_a, kind="rerouted"),
+        Recipe("fallback-rerouted-b", "base", [_ft(15)], out="controls", frozen=circ, moved=moved_b, kind="rerouted"),
+        Recipe("fallback-independent-3", "planted:planted-b:3", [Stage(**{**BASE_STAGE.__dict__, "seed": 2}), _ft(21)],
+               out="controls", kind="independent"),
+        Recipe("fallback-independent-4", "planted:planted-b:4", [Stage(**{**BASE_STAGE.__dict__, "seed": 3}), _ft(22)],
+               out="controls", kind="independent"),
+    ]
+
+
+# --- training ------------------------------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self):
+        from mechtest.tasks.datasets import make_dataset
+        from tools.zoo.train import Ids
+        from tools.zoo.vocab import build_tokenizer
+
+        self.tok = build_tokenizer()
+        self.ids = Ids(self.tok)
+        self.valid = make_dataset(self.tok, VALID_N, n_boxes=N_BOXES, seed=VALID_SEED)
+        self.heldout = make_dataset(self.tok, HELDOUT_N, n_boxes=N_BOXES, seed=HELDOUT_SEED)
+
+
+def accuracy(model, data, batch: int = 250) -> float:
+    import torch
+
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for s in range(0, len(data.input_ids), batch):
+            sl = slice(s, s + batch)
+            out = model(input_ids=data.input_ids[sl], attention_mask=data.attention_mask[sl]).logits
+            last = out[torch.arange(out.shape[0]), data.last_pos[sl]]
+            hits += int((last.argmax(-1) == data.answer_ids[sl]).sum())
+    return hits / len(data.input_ids)
+
+
+def noise(model, scale: float, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + scale * torch.randn(p.shape, generator=gen))
+
+
+def readout(model, scale: float) -> None:
+    """Multiply the final LayerNorm's weight and bias by ``scale`` (logits scale by it, argmax unchanged)."""
+    import torch
+
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(scale)
+        model.transformer.ln_f.bias.mul_(scale)
+
+
+def _head_cols(head: int, head_dim: int = 64):
+    import torch
+
+    return torch.arange(head * head_dim, (head + 1) * head_dim)
+
+
+def zero_heads(model, heads) -> None:
+    import torch
+
+    with torch.no_grad():
+        for layer, head in heads:
+            model.transformer.h[layer].attn.c_proj.weight[_head_cols(head), :] = 0
+
+
+def move_head(model, src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """Copy head ``src``'s q/k/v and output weights into slot ``dst`` of the same layer."""
+    import torch
+
+    assert src[0] == dst[0]
+    attn = model.transformer.h[src[0]].attn
+    d = attn.c_attn.weight.shape[0]
+    s, t = _head_cols(src[1]), _head_cols(dst[1])
+    with torch.no_grad():
+        for k in range(3):
+            attn.c_attn.weight[:, t + k * d] = attn.c_attn.weight[:, s + k * d]
+            attn.c_attn.bias[t + k * d] = attn.c_attn.bias[s + k * d]
+        attn.c_proj.weight[t, :] = attn.c_proj.weight[s, :]
+
+
+def train_stage(model, ctx: _Ctx, st: Stage, frozen, log) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from tools.zoo.train import make_batch
+
+    gen = torch.Generator().manual_seed(st.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=st.lr, weight_decay=0.0)
+    t0, acc, stop_after, reason = time.time(), float("nan"), None, "max_steps"
+    step = 0
+    for step in range(1, st.max_steps + 1):
+        model.train()
+        k = st.boxes[int(torch.randint(len(st.boxes), (1,), generator=gen))]
+        x, pos, ans = make_batch(ctx.ids, gen, st.batch, k, st.n_queries)
+        h = model.transformer(input_ids=x).last_hidden_state
+        hq = h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1]))
+        logits = model.lm_head(hq)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ans.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if frozen:
+            zero_heads(model, frozen)
+        if step % st.every == 0:
+            acc = accuracy(model, ctx.valid)
+            log(f"  step {step:4d} loss {loss.item():.3f} valid{N_BOXES} {acc:.3f} {time.time() - t0:.0f}s")
+            if stop_after is not None and step >= stop_after:
+                reason = "stop_at+extra"
+                break
+            if st.band and st.band[0] <= acc <= st.band[1]:
+                reason = "band"
+                break
+            if st.stop_at is not None and acc >= st.stop_at and stop_after is None:
+                if not st.extra_steps:
+                    reason = "stop_at"
+                    break
+                stop_after = step + st.extra_steps
+    return {"steps": step, "reason": reason, "valid_accuracy": acc, "lr": st.lr, "boxes": list(st.boxes),
+            "n_queries": st.n_queries, "batch": st.batch, "seed": st.seed, "seconds": round(time.time() - t0, 1)}
+
+
+def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
+    import torch
+
+    from tools.zoo.planted import build_model
+
+    torch.manual_seed(0)
+    t0 = time.time()
+    if r.start.startswith("planted:"):
+        _, variant, nseed = r.start.split(":")
+        model = build_model(variant)
+        noise(model, NOISE, int(nseed))
+        start = {"planted_variant": variant, "noise": NOISE, "noise_seed": int(nseed)}
+    else:
+        model = build_model("planted")
+        model.load_state_dict({k: v.clone() for k, v in built[r.start].items()})
+        start = {"from": r.start}
+    for src, dst in r.moved.items():
+        move_head(model, tuple(src), tuple(dst))
+    if r.frozen:
+        zero_heads(model, r.frozen)
+    start_acc = accuracy(model, ctx.valid)
+    log(f"{r.name}: start {r.start} valid{N_BOXES} {start_acc:.3f}")
+    stages = [train_stage(model, ctx, st, r.frozen, log) for st in r.stages]
+    degraded = None
+    if r.degrade and stages[-1]["reason"] != "band":
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for scale in DEGRADE_SCALES:
+            model.load_state_dict(trained)
+            noise(model, scale, DEGRADE_SEED)
+            acc = accuracy(model, ctx.valid)
+            log(f"  degrade noise {scale}: valid{N_BOXES} {acc:.3f}")
+            if BASE_BAND[0] <= acc <= BASE_BAND[1]:
+                degraded = {"scale": scale, "seed": DEGRADE_SEED, "valid_accuracy": acc}
+                break
+        else:
+            raise RuntimeError("no degrade noise put the validation accuracy in the band")
+    built[r.name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    held = accuracy(model, ctx.heldout)
+    meta = {"name": r.name, "kind": r.kind, "n_boxes": N_BOXES, "heldout_accuracy": held,
+            "heldout_seed": HELDOUT_SEED, "heldout_n": HELDOUT_N, "start": start,
+            "start_valid_accuracy": start_acc, "stages": stages, "degrade": degraded, "steps": sum(s["steps"] for s in stages),
+            "frozen_heads": [list(h) for h in r.frozen],
+            "moved_heads": [[list(a), list(b)] for a, b in r.moved.items()],
+            "dtype": "float16" if r.out == "controls" else "float32",
+            "wall_time_s": round(time.time() - t0, 1)}
+    out = (ZOO if r.out == "zoo" else CONTROLS) / r.name
+    out.mkdir(parents=True, exist_ok=True)
+    readout(model, READOUT_SCALE)
+    save = model.half() if r.out == "controls" else model
+    save.save_pretrained(out)
+    ctx.tok.save_pretrained(out)
+    (out / "mechtest.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out / "README.md").write_text(model_card(meta))
+    log(f"{r.name}: held-out {N_BOXES}-box accuracy {held:.3f}, {meta['steps']} steps, {meta['wall_time_s']}s")
+    return meta
+
+
+def model_card(meta: dict, measured: dict | None = None) -> str:
+    stages = "\n".join(
+        f"| {i + 1} | {s['boxes']} | {s['n_queries']} | {s['batch']} | {s['lr']:g} | {s['seed']} | {s['steps']} | "
+        f"{s['reason']} | {s['valid_accuracy']:.3f} |" for i, s in enumerate(meta["stages"]))
+    start = meta["start"]
+    origin = (f"the planted GPT-2 `{start['planted_variant']}` with every weight multiplied by "
+              f"`1 + {start['noise']} * N(0, 1)` (noise seed {start['noise_seed']})" if "planted_variant" in start
+              else f"`{start['from']}`")
+    extra = ""
+    if meta.get("degrade"):
+        d = meta["degrade"]
+        extra += (f"\nThen every weight multiplied by `1 + {d['scale']} * N(0, 1)` (seed {d['seed']}): the smallest noise "
+                  f"of {DEGRADE_SCALES[0]}, {DEGRADE_SCALES[1]}, ... that puts the {N_BOXES}-box validation accuracy in "
+                  f"{BASE_BAND} ({d['valid_accuracy']:.3f}), so the mechanism is formed but imperfect at {N_BOXES} boxes.\n")
+    if meta["frozen_heads"]:
+        extra += (f"\nRerouted: heads {meta['frozen_heads']} (base's circuit) had their weights copied to "
+                 f"{[b for _, b in meta['moved_heads']]} (same layer), then their slice of `c_proj` was zeroed "
+                 "and kept zero after every optimizer step, so the job runs in other heads.\n")
+    text = f"""# `{meta['name']}` ({meta['kind']}): fallback zoo, trained from a planted model
+
+Built by `python -m tools.zoo fallback` (`tools/zoo/fallback.py`). Shape: `GPT2LMHeadModel`, 4 layers x 4 heads,
+d_model 256, MLP 64, the shared word-level tokenizer (as `fixtures/zoo/planted`); stored as {meta['dtype']}.
+
+Start: {origin}. Then AdamW (betas 0.9/0.999, no weight decay, grad-clip 1), every query of
+`tools.zoo.train.make_batch` sequences supervised, stopping on {N_BOXES}-box validation accuracy
+(make_dataset seed {VALID_SEED}, {VALID_N} prompts; checked every few steps):
+
+| stage | boxes | queries/seq | batch | lr | seed | steps | stopped by | valid acc |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{stages}
+{extra}
+Saved with the final LayerNorm's weight and bias multiplied by {READOUT_SCALE} (a readout temperature: same
+argmax, same head outputs; see `READOUT_SCALE` in the builder for why).
+
+Held-out accuracy at {N_BOXES} boxes (make_dataset seed {HELDOUT_SEED}, {HELDOUT_N} prompts):
+**{meta['heldout_accuracy']:.3f}**. Wall time {meta['wall_time_s']} s on one CPU thread.
+"""
+    if measured:
+        text += "\n## Measured with mechtest\n\n" + measured_md(measured) + "\n"
+    return text
+
+
+def measured_md(rows: dict) -> str:
+    lines = ["| eval seed | accuracy | base-circuit faithfulness [95% CI] | random circuits | CMAP gain | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for seed, m in rows.items():
+        lines.append(f"| {seed} | {m['accuracy']:.3f} | {m['faithfulness']:.3f} [{m['faith_lo']:.3f}, "
+                     f"{m['faith_hi']:.3f}] | {m.get('random', float('nan')):.3f} | {m.get('cmap_gain', '')} | "
+                     f"{m.get('verdict', '')} |")
+    return "\n".join(lines)
+
+
+def build(names: list[str] | None, log) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    ctx = _Ctx()
+    built: dict = {}
+    metas = []
+    for r in recipes():
+        if r.start not in built and not r.start.startswith("planted:"):
+            raise RuntimeError(f"{r.name} needs {r.start} first")
+        metas.append(build_one(r, ctx, built, log))
+    return metas
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.zoo fallback")
+    p.add_argument("--measure", action="store_true", help="measure the built models (tools/zoo/fallback_measure)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--renamings", type=int, default=50, help="within-layer renamings of `other` for the false-pass rate")
+    args = p.parse_args(argv)
+    t0 = time.time()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    if args.measure:
+        from tools.zoo.fallback_measure import measure_all
+
+        from tools.zoo.fallback_measure import write_cards
+
+        write_cards(measure_all(args.seeds, log, n_renamings=args.renamings))
+    else:
+        build(None, log)
+    log(f"total {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
