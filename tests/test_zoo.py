@@ -1,4 +1,5 @@
-"""The shipped tiny zoo (fixtures/zoo/*) loads, solves entity tracking in its band, and can be rebuilt."""
+"""The shipped zoo mirrors the paper: a base whose discovered circuit is a faithful proper subset, a fine-tune
+that is more accurate and keeps it, an independent model that does not, and the controls' verdicts."""
 
 from __future__ import annotations
 
@@ -10,143 +11,87 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from mechtest.methods.compare import compare
+from mechtest.methods.evaluation import faithfulness, random_circuit_faithfulness
+from mechtest.methods.circuits import load_circuit
+from mechtest.model import load_model
+from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT / "fixtures" / "zoo"
-NAMES = ("base", "finetuned", "other")
-N_PROMPTS = 1000  # the full held-out set: a forward pass of a tiny model, well under a second
-BANDS = {"base": (0.55, 0.80), "finetuned": (0.95, 1.0), "other": (0.90, 1.0)}
+ZOO, CONTROLS = ROOT / "fixtures" / "zoo", ROOT / "fixtures" / "controls"
+CIRCUIT = ROOT / "fixtures" / "circuits" / "zoo-base.json"
 MAX_BYTES = 5 * 1024 * 1024
+N_BOXES = 7
+PROMPTS = 140
 
 
-def _meta(name: str) -> dict:
-    return json.loads((ZOO / name / "mechtest.json").read_text())
+def _meta(path: Path) -> dict:
+    return json.loads((path / "mechtest.json").read_text())
 
 
-def _heldout(tokenizer, meta: dict, n: int = N_PROMPTS):
-    from mechtest.tasks.entity_tracking import make_dataset
-
-    return make_dataset(tokenizer, n, n_boxes=meta["n_boxes"], seed=meta["heldout_seed"])
-
-
-def _accuracy(model, ds) -> float:
-    with torch.no_grad():
-        logits = model(input_ids=ds.input_ids, attention_mask=ds.attention_mask).logits
-    pred = logits[torch.arange(len(ds)), ds.last_pos].float().argmax(-1)  # full vocabulary
-    return (pred == ds.answer_ids).float().mean().item()
+@pytest.fixture(scope="module")
+def base():
+    return load_model(ZOO / "base", name="base")
 
 
-@pytest.fixture(scope="module", params=NAMES)
-def hf_checkpoint(request):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = ZOO / request.param
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return request.param, model, tokenizer
+@pytest.fixture(scope="module")
+def sample(base):
+    return (make_dataset(base.tokenizer, PROMPTS, n_boxes=N_BOXES, seed=11),
+            mean_ablation_set(base.tokenizer, PROMPTS, n_boxes=N_BOXES, seed=12))
 
 
-def test_checkpoint_files_and_size():
-    for name in NAMES:
-        d = ZOO / name
-        for f in ("config.json", "model.safetensors", "tokenizer.json", "mechtest.json", "README.md",
-                  "training_curve.png"):
-            assert (d / f).is_file(), f"{d / f} missing"
-        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
-        assert size <= MAX_BYTES, f"{name}: {size} bytes > 5 MB"
+def test_checkpoints_are_small_loadable_and_share_shape_and_tokenizer(base):
+    folders = [ZOO / n for n in ("base", "finetuned", "other")] + sorted(CONTROLS.iterdir())
+    assert len(folders) >= 10
+    for folder in folders:
+        assert (folder / "model.safetensors").stat().st_size <= MAX_BYTES, folder
+        assert (folder / "README.md").is_file() and _meta(folder)["n_boxes"] == N_BOXES, folder
+        model = load_model(folder, name=folder.name)
+        assert model.shape == base.shape and model.tokenizer.get_vocab() == base.tokenizer.get_vocab(), folder
 
 
-def test_mechtest_json_fields():
-    metas = {name: _meta(name) for name in NAMES}
-    for name, m in metas.items():
-        assert m["task"] == "entity_tracking"
-        assert m["heldout_n"] == 1000
-        assert len(m["accuracy_by_queried_position"]) == m["n_boxes"]
-        for key in ("heldout_seed", "accuracy", "train_seed", "steps"):
-            assert key in m, (name, key)
-    # one box count and one held-out set for the whole zoo
-    assert len({m["n_boxes"] for m in metas.values()}) == 1
-    assert len({m["heldout_seed"] for m in metas.values()}) == 1
-    assert metas["other"]["train_seed"] != metas["base"]["train_seed"]
+def test_base_circuit_is_a_faithful_proper_subset(base, sample):
+    circuit = load_circuit(CIRCUIT)
+    assert len(circuit) <= base.n_layers * base.n_heads // 2
+    data, reference = sample
+    f = faithfulness(base, circuit, data, reference)
+    random = random_circuit_faithfulness(base, circuit, data, reference, n_draws=5)
+    assert f.ci_low >= 0.8, f.explain()
+    assert random.value <= 0.3, random.explain()
 
 
-def test_same_shape_and_tokenizer():
-    from tools.zoo.vocab import build_tokenizer
-
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size", "tie_word_embeddings")
-    configs = [json.loads((ZOO / n / "config.json").read_text()) for n in NAMES]
-    assert configs[0]["architectures"] == ["LlamaForCausalLM"]
-    for c in configs[1:]:
-        assert {k: c.get(k) for k in keys} == {k: configs[0].get(k) for k in keys}
-    vocabs = [json.loads((ZOO / n / "tokenizer.json").read_text())["model"]["vocab"] for n in NAMES]
-    assert vocabs[0] == vocabs[1] == vocabs[2] == build_tokenizer().get_vocab()
+@pytest.mark.parametrize("name, keeps", [("finetuned", True), ("other", False)])
+def test_fine_tune_keeps_the_circuit_and_an_independent_model_does_not(base, sample, name, keeps):
+    model = load_model(ZOO / name, name=name)
+    f = faithfulness(model, load_circuit(CIRCUIT), *sample)
+    if keeps:
+        assert f.ci_low >= 0.8, f.explain()
+    else:
+        assert f.ci_high <= 0.5, f.explain()
 
 
-def test_loads_and_accuracy_in_band(hf_checkpoint):
-    name, model, tokenizer = hf_checkpoint
-    assert next(model.parameters()).dtype == torch.float32
-    meta = _meta(name)
-    acc = _accuracy(model, _heldout(tokenizer, meta))
-    lo, hi = BANDS[name]
-    assert lo <= acc <= hi, f"{name}: held-out accuracy {acc:.3f} outside [{lo}, {hi}]"
-    assert acc == pytest.approx(meta["accuracy"], abs=1e-6), "mechtest.json disagrees with a fresh evaluation"
+def _expected(folder: Path) -> str:
+    name = folder.name
+    if name in ("finetuned",) or "benign" in name:
+        return "preserved"
+    return "not preserved"  # other, rerouted, independent
 
 
-def test_loads_through_mechtest_load_model():
-    model_mod = pytest.importorskip("mechtest.model")
-    for name in NAMES:
-        lm = model_mod.load_model(ZOO / name)
-        meta = _meta(name)
-        acc = _accuracy(lm.hf, _heldout(lm.tokenizer, meta, 300))
-        lo, hi = BANDS[name]
-        # 300 prompts: allow ~2 standard errors around the band
-        assert lo - 0.06 <= acc <= hi + 0.06, f"{name}: {acc:.3f}"
+@pytest.mark.parametrize("folder", [ZOO / "finetuned", ZOO / "other", *sorted(CONTROLS.iterdir())],
+                         ids=lambda p: p.name)
+def test_controls_get_the_right_verdict(base, folder):
+    candidate = load_model(folder, name=folder.name)
+    c = compare(base, candidate, n_prompts=PROMPTS, n_boxes=N_BOXES, seed=0, progress=False)
+    assert c.verdict == _expected(folder), c.explain()
+    if folder.name == "finetuned":  # more accurate, and CMAP of the circuit heads explains the gain
+        assert c.accuracy_difference.ci_low > 0 and c.cmap_explained.ci_low >= 0.5, c.explain()
 
 
-def test_accuracy_flat_across_queried_positions():
-    """Binding, not position: every queried box position is answered well above chance."""
-    for name in NAMES:
-        m = _meta(name)
-        by_pos = m["accuracy_by_queried_position"]
-        assert min(by_pos) > 1.0 / m["n_boxes"] + 0.1, (name, by_pos)
-        assert max(by_pos) - min(by_pos) < 0.25, (name, by_pos)
-
-
-def test_absent_query_label_choice_depends_on_the_label():
-    """With a query label absent from the context, which object wins depends on the (absent) label's identity
-    rather than being a fixed default per context (1.0 would mean the label is ignored)."""
-    for name in NAMES:
-        ab = _meta(name)["absent_label"]["absent"]
-        assert ab["same_choice_for_two_absent_labels"] < 0.9, (name, ab)
-
-
-def test_other_relies_on_other_heads():
-    """The independent model's important heads are not those of base/finetuned."""
-    imp = {n: {(l, h) for l, h, _ in _meta(n)["important_heads"]} for n in NAMES}
-    top = {n: tuple(_meta(n)["important_heads"][0][:2]) for n in NAMES}
-    assert imp["base"] and imp["finetuned"] and imp["other"]
-    assert top["other"] != top["finetuned"] and top["other"] != top["base"]
-    assert imp["other"] != imp["finetuned"]
-
-
-def test_build_smoke(tmp_path):
-    """The build script runs a few steps per checkpoint and writes loadable checkpoints."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_scratch_trainer_smoke(tmp_path):
+    """The from-scratch trainer (not the shipped zoo's builder) still runs and writes loadable checkpoints."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.zoo", "build", "--steps", "3", "--heldout-n", "30",
-         "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    proc = subprocess.run([sys.executable, "-m", "tools.zoo", "scratch", "--steps", "3", "--heldout-n", "30",
+                           "--out", str(tmp_path), "--only", "base"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for name in NAMES:
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / name)
-        tokenizer = AutoTokenizer.from_pretrained(tmp_path / name)
-        meta = json.loads((tmp_path / name / "mechtest.json").read_text())
-        assert meta["steps"] == (6 if name == "finetuned" else 3)
-        ds = _heldout(tokenizer, meta, 20)
-        assert model(input_ids=ds.input_ids).logits.shape[-1] == len(tokenizer)
+    assert load_model(tmp_path / "base").n_layers >= 1
