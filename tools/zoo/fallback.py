@@ -2,7 +2,7 @@
 
 `base` starts from the planted GPT-2 (``tools/zoo/planted.py``, circuit known), every weight multiplied by
 ``1 + NOISE * N(0, 1)`` so that no weight is hand-set any more and the model is near chance at 7 boxes, then
-trained with AdamW on 2-4 boxes (every query supervised, ``tools.zoo.train.make_batch``) until its accuracy
+trained with AdamW on 2-6 boxes (every query supervised, ``tools.zoo.train.make_batch``) until its accuracy
 at 7 boxes (validation prompts, never the held-out ones) lands in a band around Llama-7B's 0.66. Then:
 
 * `finetuned`: `base` trained further on 7 boxes (the evaluated setting) until >= 0.95;
