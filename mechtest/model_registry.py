@@ -58,6 +58,20 @@ def parse_model_option(text: str) -> tuple[str, str]:
     return name, path
 
 
+def worker_device(device: str | None, worker_id: str | None, n_gpus: int | None = None) -> str | None:
+    """Under ``pytest -n N`` on a machine with several GPUs, worker ``gwI`` takes ``cuda:(I mod count)`` unless
+    the user pinned a device (``cuda:K``, ``cpu``, ``auto``): one model per GPU instead of N on the first."""
+    if worker_id is None or device not in (None, "cuda") or not worker_id.startswith("gw"):
+        return device
+    if n_gpus is None:
+        import torch
+
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus < 2:
+        return device
+    return f"cuda:{int(worker_id[2:]) % n_gpus}"
+
+
 def read_task_settings(path: str | Path) -> dict:
     """The checkpoint's ``mechtest.json`` (e.g. ``{"n_boxes": 3}``), or {} when it has none.
 

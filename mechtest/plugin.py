@@ -21,7 +21,7 @@ from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
 from mechtest.errors import ClaimError, MechtestError
 from mechtest.metrics import get_metric
-from mechtest.model_registry import ModelSpec, Settings, parse_model_option
+from mechtest.model_registry import ModelSpec, Settings, parse_model_option, worker_device
 from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 
 SESSION_KEY = pytest.StashKey[Mechtest]()
@@ -160,20 +160,6 @@ def _settings(config: pytest.Config) -> Settings:
                     inconclusive=config.getoption("mechtest_inconclusive"),
                     recompute=config.getoption("mechtest_recompute"),
                     max_models=_positive(config.getoption("mechtest_max_models"), "--mechtest-max-models"))
-
-
-def worker_device(device: str | None, worker_id: str | None, n_gpus: int | None = None) -> str | None:
-    """Under ``pytest -n N`` on a machine with several GPUs, worker ``gwI`` takes ``cuda:(I mod count)`` unless
-    the user pinned a device (``cuda:K``, ``cpu``, ``auto``): one model per GPU instead of N on the first."""
-    if worker_id is None or device not in (None, "cuda") or not worker_id.startswith("gw"):
-        return device
-    if n_gpus is None:
-        import torch
-
-        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n_gpus < 2:
-        return device
-    return f"cuda:{int(worker_id[2:]) % n_gpus}"
 
 
 def _positive(value: int | None, option: str) -> int | None:

@@ -184,7 +184,7 @@ def test_marker_parametrizes_over_models(pytester):
 
 
 def test_xdist_workers_spread_over_gpus():
-    from mechtest.plugin import worker_device
+    from mechtest.model_registry import worker_device
 
     assert [worker_device(None, f"gw{i}", n_gpus=4) for i in range(6)] == \
         ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]

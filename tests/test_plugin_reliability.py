@@ -126,8 +126,9 @@ def test_a_circuit_found_on_another_shape_is_refused_unless_the_claim_says_so(py
 
 
 def test_prompts_longer_than_the_context_are_refused_before_any_forward(pytester, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(BASE, ckpt)
+    from tiny_models import save_tiny
+
+    ckpt = save_tiny("llama", tmp_path / "ckpt")  # RoPE: the context length is a config number, not a table
     config = json.loads((ckpt / "config.json").read_text())
     config["max_position_embeddings"] = 16
     (ckpt / "config.json").write_text(json.dumps(config))
