@@ -217,7 +217,8 @@ class Mechtest:
             ("completeness", model.name, _circuit_key(circ), mode, n_draws, len(data), data.n_boxes, seed),
             lambda: completeness(model, circ, data, ref, mode=mode, n_draws=n_draws, seed=seed, cache=self.cache))
 
-    def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None):
+    def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
+                n_discover: int | None = None):
         """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``).
 
         Both discoveries come from this session's memo and the on-disk cache, so a base is discovered once for
@@ -226,15 +227,17 @@ class Mechtest:
 
         base_model, cand_model = self.model(base), self.model(candidate)
         n, n_boxes = self.n_prompts(n), n_boxes or self.n_boxes(base_model)
+        n_discover = self.n_prompts(n_discover or n)
         self.seeds.add(seed)
 
         def compute():
-            found = {m.name: self.discover(m, n=n, seed=seed, n_boxes=n_boxes) for m in (base_model, cand_model)}
+            found = {m.name: self.discover(m, n=n_discover, seed=seed, n_boxes=n_boxes)
+                     for m in (base_model, cand_model)}
             return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache,
                            base_discovery=found[base_model.name], candidate_discovery=found[cand_model.name],
                            progress=False)
 
-        return self._memoised(("compare", base_model.name, cand_model.name, n, n_boxes, seed), compute)
+        return self._memoised(("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed), compute)
 
     def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,
             n_boxes: int | None = None):

@@ -46,6 +46,8 @@ COMMON_FIELDS: dict[str, Field] = {
     "n_prompts": Field("count", minimum=1), "max_prompts": Field("int", minimum=1),
     "seed": Field("int", minimum=0), "n_boxes": Field("int", minimum=2),
     "decide": Field("string", choices=RULES), "inconclusive": Field("string", choices=POLICIES),
+    # prompts for circuit discovery (discovered:<model> circuits, verdicts), apart from the evaluation sample
+    "discover_prompts": Field("int", minimum=1),
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -201,7 +203,7 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     except ValueError as e:
         fail("expect", str(e))
 
-    params = {k: v for k, v in table.items() if k not in COMMON_FIELDS}
+    params = {k: v for k, v in table.items() if k not in COMMON_FIELDS or k == "discover_prompts"}
     for key, spec in metric.fields.items():
         if spec.kind == "circuit" and key in params:
             try:

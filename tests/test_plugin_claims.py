@@ -201,3 +201,14 @@ def test_import_does_not_load_torch():
     code = "import mechtest, mechtest.plugin, mechtest.claims, sys; assert 'torch' not in sys.modules, 'torch'; " \
            "assert 'transformers' not in sys.modules, 'transformers'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_discovery_sample_apart_from_the_evaluation_sample(tmp_path):
+    path = tmp_path / "claims.toml"
+    path.write_text('[[claim]]\nid = "v"\nmetric = "verdict"\nbase = "b"\nmodels = ["c"]\nn_prompts = 1000\n'
+                    'discover_prompts = 50\nexpect = "preserved"\n')
+    (claim,) = load_claims(path)
+    assert claim.n_prompts == 1000 and claim.get("discover_prompts") == 50
+    path.write_text(path.read_text().replace("discover_prompts = 50", "discover_prompts = 0"))
+    with pytest.raises(ClaimError, match="field 'discover_prompts': must be >= 1"):
+        load_claims(path)

@@ -323,3 +323,18 @@ def test_xdist_gives_the_same_json_and_computes_each_activation_once(pytester, t
     assert len(files) == 2 and files == sorted(p.name for p in serial_cache.rglob("*.safetensors"))
     assert a["provenance"]["cache"]["computed"] == 2
     assert b["provenance"]["cache"]["computed"] == 2
+
+
+def test_discovered_circuit_on_its_own_sample(pytester, cache_dir):
+    """discover_prompts: the circuit is found on 21 prompts, the claim measured on 42 (--mechtest-prompts
+    would override both, so this run passes none)."""
+    pytester.makefile(".toml", claims='[[claim]]\nid = "f"\nmetric = "faithfulness"\ncircuit = "discovered:zoo-planted"\n'
+                                       'models = ["zoo-planted"]\nn_prompts = 42\ndiscover_prompts = 21\n'
+                                       'decide = "estimate"\nexpect = ">= 0.9"\n')
+    pytester.makepyfile("""
+        def test_discovery_sample(mechtest):
+            assert ("discover", "zoo-planted", 21, 7, 0) in mechtest._memo
+    """)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={cache_dir}",
+                                          "--mechtest-recompute")
+    result.assert_outcomes(passed=2)

@@ -127,7 +127,7 @@ class Metric:
         spec = claim.get("circuit")
         if spec is None:
             return None
-        circuit = api.circuit(spec, n=n, seed=seed)
+        circuit = api.circuit(spec, n=claim.get("discover_prompts") or n, seed=seed)
         return circuit.any_shape() if claim.get("any_shape") else circuit
 
 

@@ -21,7 +21,8 @@ class Verdict(Metric):
         return 2 * path_patching_forwards(n, n_heads_total) + 8 * n
 
     def measure(self, api, claim, model, *, n, seed, n_boxes):
-        comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes)
+        comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
+                                 n_discover=claim.get("discover_prompts"))
         data = comparison.to_dict()
         details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
                                         "profile_correlation", "profile_p_value", "base_circuit")}
