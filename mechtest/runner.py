@@ -101,13 +101,6 @@ def _decided(result: ClaimResult, claim: Claim, outcome, n: int, n_boxes: int, l
                    prompts_needed=prompts_to_decide(claim.expect, value, low, high, n_used))
 
 
-def error_result(claim: Claim, model_name: str, nodeid: str, error: BaseException) -> ClaimResult:
-    """The result of a claim that died outside the runner (e.g. in setup)."""
-    return ClaimResult(id=claim.id, model=model_name, metric=claim.metric, value=None, ci_low=None, ci_high=None,
-                       expect=str(claim.expect), passed=False, nodeid=nodeid, seed=claim.seed, outcome=ERROR,
-                       error=f"{type(error).__name__}: {first_line(error)}")
-
-
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else repr(error)
