@@ -44,7 +44,7 @@ def plan_rows(api, items, *, timed: bool = True) -> list[PlanRow]:
         try:
             heads = _heads_total(api, name)
             key = cache_key(api, claim, metric, name)
-            cached = key is not None and api.results.get(key) is not None
+            cached = key is not None and api.results.get(key, claim_id=claim.id, model=name) is not None
             if timed and name not in per_forward:
                 per_forward[name] = _time_one_forward(api, name)
         except MechtestError as e:

@@ -40,13 +40,14 @@ _KINDS = {
 
 @dataclass(frozen=True)
 class Field:
-    """A typed claim field: its kind, whether it is required, allowed values and a lower bound."""
+    """A typed claim field: its kind, whether it is required, allowed values and bounds."""
 
     kind: str
     required: bool = False
     choices: tuple = ()
     minimum: float | None = None
     doc: str = ""
+    maximum: float | None = None
     choices_message: str = ""  # replaces "unknown <field> ...; use one of ..." ({value!r} is the value)
 
     def check(self, name: str, value: Any) -> str | None:
@@ -65,6 +66,8 @@ class Field:
             return f"unknown {name} {value!r}; use one of {', '.join(map(str, self.choices))}"
         if self.minimum is not None and not isinstance(value, str) and value < self.minimum:
             return f"must be >= {self.minimum:g}, got {value}"
+        if self.maximum is not None and not isinstance(value, str) and value > self.maximum:
+            return f"must be <= {self.maximum:g}, got {value}"
         if self.kind == "model" and not value:
             return "must name a model"
         return None
