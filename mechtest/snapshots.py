@@ -292,6 +292,14 @@ def check_claim_snapshot(path: Path, payload: dict, *, settings: dict, update: b
     """
     text = dumps({**payload, **settings})
     obtained = path.with_name(path.name.removesuffix(".json") + ".obtained.json")
+    try:
+        return _check(path, obtained, text, settings, update=update, rtol=rtol, atol=atol)
+    except OSError as e:  # e.g. a read-only snapshot folder: one line, not a traceback
+        raise SnapshotError(f"cannot read or write the snapshot {path}: {e.strerror or e}") from None
+
+
+def _check(path: Path, obtained: Path, text: str, settings: dict, *, update: bool, rtol: float,
+           atol: float) -> SnapshotCheck:
     recorded = _read_recorded(path) if path.is_file() else None
     if update:
         if recorded is not None and recorded.get("n_prompts", 0) > settings.get("n_prompts", 0):
