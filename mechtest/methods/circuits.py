@@ -2,8 +2,8 @@
 
 A node is a head acting at its group's position class (spec 0.2): value fetcher and position transmitter
 at the last token, position detector at the query label, structure reader at the context occurrence of
-the query label. The same head may sit in several groups. A circuit read from a file, a dict, the API or a discovery must hold
-at least one head: an empty one would measure 0 and pass every ``<=`` claim while testing nothing.
+the query label. The same head may sit in several groups. A circuit read from a file, a dict, the API or a
+discovery must hold at least one head: an empty one measures 0 and passes every ``<=`` claim, testing nothing.
 """
 
 from __future__ import annotations
