@@ -51,7 +51,7 @@ class Circuit:
             data = {k: v for k, v in data.items() if k != SHAPE_KEY}
         unknown = set(data) - set(GROUPS)
         if unknown:
-            raise CircuitError(f"circuit {name!r}: {len(unknown)} key(s) that are not groups; groups are "
+            raise CircuitError(f"circuit {name!r}: {len(unknown)} unknown group(s) (names not shown); groups are "
                                f"{', '.join(GROUPS)}")
         groups = {}
         for group in GROUPS:
@@ -159,8 +159,9 @@ def load_circuit(spec: str | Path | Circuit | Mapping) -> Circuit:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError: positions, never content
-        where = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise CircuitError(f"circuit file {text} is not valid UTF-8 JSON{where}") from None
+        where = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else \
+            ": not UTF-8 text" if isinstance(e, UnicodeDecodeError) else ": nested too deeply"
+        raise CircuitError(f"circuit file {text} is not valid JSON{where}") from None
     return Circuit.from_dict(data, path.stem)
 
 
