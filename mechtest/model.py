@@ -141,14 +141,18 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | dict | None = None,
     name: str | None = None,
+    trust_remote_code: bool = False,
     offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a checkpoint for analysis: eval mode, no gradients, eager attention, strictly from local files.
 
     ``path_or_name`` is a ``ModelRef`` or anything ``resolve_model`` accepts (relative paths: the current
     directory). ``device`` is 'cpu', 'cuda[:N]', 'mps', 'auto' or a ``device_map`` dict; ``dtype`` defaults
-    to the checkpoint's own on CUDA and float32 elsewhere. Code shipped in the checkpoint is never run.
+    to the checkpoint's own on CUDA and float32 elsewhere. Code shipped in the checkpoint is never run
+    (``trust_remote_code=True`` is refused).
     """
+    if trust_remote_code:
+        raise ModelLoadError("mechtest never runs code a checkpoint ships: trust_remote_code=True is not supported")
     place, target = placement(device)  # a bogus device fails before anything is read
     ref = path_or_name if isinstance(path_or_name, ModelRef) else resolve_model(path_or_name, base_dir=Path.cwd())
     if ref.path is None:

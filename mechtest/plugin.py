@@ -300,7 +300,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Remember the claims this run is to run (an interrupted run lists those it never reached); with
     --snapshot-update, check every snapshot folder it will write into before any work."""
     items = [i for i in session.items if isinstance(i, ClaimItem)]
-    session.config.stash[LOG_KEY].collected = [i.nodeid for i in items]
+    session.config.stash[LOG_KEY].collected += [i.nodeid for i in items]
     if session.config.stash[SESSION_KEY].settings.update_snapshots:
         from mechtest.metrics.path_patching import snapshot_path
         from mechtest.preflight import check_snapshot_dirs

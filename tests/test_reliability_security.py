@@ -155,3 +155,10 @@ def test_a_file_that_is_not_a_circuit_is_described_by_shape_only(pytester, conte
     result.stdout.fnmatch_lines(["*field 'circuit': circuit 'secrets'*"])
     assert "SECRETVALUE123" not in result.stdout.str() + result.stderr.str()
     assert "aws_secret" not in result.stdout.str() + result.stderr.str()
+
+
+def test_load_model_refuses_to_trust_remote_code():
+    from mechtest.model import load_model
+
+    with pytest.raises(ModelLoadError, match="never runs code a checkpoint ships"):
+        load_model(PLANTED, trust_remote_code=True)
