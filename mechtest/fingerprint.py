@@ -9,6 +9,7 @@ change when identical files move. Large files are hashed once per file identity 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -51,8 +52,6 @@ def side_files(directory: Path, *, gguf: bool = False) -> list[Path]:
     file of a kind not foreseen here still counts: a needless re-measure is cheap, a stale result is not).
     Beside a GGUF file, whose folder may hold anything: tokenizer, chat, generation and task files only.
     """
-    import fnmatch
-
     files = []
     for f in sorted(Path(directory).iterdir()):
         name = f.name.lower()

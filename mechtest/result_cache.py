@@ -47,8 +47,8 @@ class ResultCache:
         try:
             entry = json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))
             body = {k: entry[k] for k in ("key", "claim", "model", "result")}
-            if entry.get("sha256") != _checksum(body) or body != {**body, "key": key, "claim": claim_id,
-                                                                     "model": model}:
+            if entry.get("sha256") != _checksum(body) or (body["key"], body["claim"], body["model"]) != (
+                    key, claim_id, model):
                 return None
             result = ClaimResult.from_dict(body["result"])
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
