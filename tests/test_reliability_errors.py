@@ -77,7 +77,11 @@ def test_an_exception_in_a_metric_shows_the_claim_the_metric_and_our_frames(pyte
     result = run(pytester, "--mechtest-json", "out.json")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    failure = out[out.index("= FAILURES ="):out.index("mechtest claims")]
+    start = out.index("= FAILURES =")
+    # the failure section ends where pytest's next section starts (a warnings summary, when pytest has
+    # warnings of its own, or the claims table)
+    ends = [out.find(m, start) for m in ("warnings summary", "mechtest claims")]
+    failure = out[start:min(e for e in ends if e >= 0)]
     result.stdout.fnmatch_lines(["*claim 'boom' on model 'zoo-planted': metric 'exploding' raised KeyError: "
                                  "'missing key'*", "*mechtest/runner.py*", "*conftest.py*in deep*",
                                  "KeyError: 'missing key'"])
