@@ -70,11 +70,11 @@ def test_a_fine_tune_that_forgot_the_task_is_not_preserved(forgetting):
 
 
 def test_only_the_margin_holds_the_forgetting_fine_tune(forgetting):
-    """With the margin lifted the same measurements pass: no mechanism check would have held it."""
+    """With the margin lifted no check fails on the same measurements: no mechanism check would have held it."""
     c = forgetting[0]
     assert c.accuracy_difference.ci_high < -0.2, c.explain()
     lifted = judge(c, Thresholds(accuracy_margin=1.0))
-    assert lifted.verdict == "preserved", lifted.explain()
+    assert lifted.verdict != "not preserved" and "FAIL" not in {k.outcome for k in lifted.checks}, lifted.explain()
     check = next(k for k in judge(c, Thresholds(accuracy_margin=0.3)).checks if "non-inferiority" in k.name)
     assert check.bound == -0.3 and check.value == c.accuracy_difference.value
 
@@ -171,3 +171,17 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
     assert row["details"]["recorded_circuit"] is True
     check = next(k for k in row["details"]["checks"] if "non-inferiority" in k["name"])
     assert check["bound"] == -0.1 and check["outcome"] == "PASS" and check["ci_low"] is not None
+
+
+def test_prompt_scores_average_to_the_step_scores():
+    from mechtest.methods.path_patching import Step, patch_step, prompt_scores
+    from mechtest.tasks.entity_tracking import make_dataset, path_patching_corruption
+
+    model = load_model(ZOO / "planted", name="planted")
+    data = make_dataset(model.tokenizer, 21, n_boxes=N_BOXES, seed=0)
+    corrupt = path_patching_corruption(data, model.tokenizer, seed=1)
+    step = Step("value_fetcher", "last")
+    per_prompt = prompt_scores(model, data, corrupt, step, batch_size=8)
+    assert per_prompt.shape == (model.n_layers * model.n_heads, 21)
+    mean = patch_step(model, data, corrupt, step, batch_size=8, progress=False).scores.flatten()
+    assert per_prompt.mean(dim=1).double().allclose(mean.double(), atol=1e-6)
