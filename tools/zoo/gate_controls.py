@@ -3,6 +3,11 @@
 * ``gate-benign-lora-r4``: a rank-4 LoRA (peft; q/k/v, attention output and MLP output projections of every
   layer, alpha 8) trained on 7-box prompts until the validation accuracy reaches 0.9, then merged. It keeps
   the base's heads and raises accuracy: the gate must say "preserved" at every seed.
+* ``gate-benign-lora-r4-sharp``: the same fine-tune with its final LayerNorm multiplied by ``SHARPEN`` (logits
+  x4: same answers, same head outputs; what longer cross-entropy training does to a readout). Prompts it gets
+  wrong then have an answer probability near 0, and path patching's relative change ``(p - p_clean) /
+  p_clean`` on them is huge: at seed 0 the value fetcher's mean score turns positive and its own discovery
+  picks another head, which flipped the set-overlap check between seeds.
 * ``gate-forgetting``: the full model trained on the same prompts with *shuffled answers* (each query's
   target is another sequence's answer, so mostly an object absent from the context) until the validation
   accuracy falls into ``FORGET_BAND``: above the gate's chance floor (1/7 + 0.10), so only a comparison with
@@ -19,14 +24,18 @@ import json
 import time
 from pathlib import Path
 
-from tools.zoo.fallback import CONTROLS, HELDOUT_N, HELDOUT_SEED, N_BOXES, VALID_N, VALID_SEED, ZOO, _Ctx, accuracy
+from tools.zoo.fallback import (CONTROLS, HELDOUT_N, HELDOUT_SEED, N_BOXES, VALID_N, VALID_SEED, ZOO, _Ctx, accuracy,
+                                readout)
 
 LORA_TARGET = 0.90
 FORGET_BAND = (0.28, 0.40)
 RECIPES = {
     "gate-benign-lora-r4": dict(kind="benign", lora_rank=4, lr=1e-3, seed=31, stop_at=LORA_TARGET, band=None),
+    "gate-benign-lora-r4-sharp": dict(kind="benign", lora_rank=4, lr=1e-3, seed=31, stop_at=LORA_TARGET, band=None,
+                                      sharpen=4.0),
     "gate-forgetting": dict(kind="forgetting", lora_rank=0, lr=3e-5, seed=32, stop_at=None, band=FORGET_BAND),
 }
+SHARPEN = 4.0
 MAX_STEPS = 1500
 EVERY = 5
 BATCH = 16
@@ -75,19 +84,20 @@ def train(name: str, recipe: dict, ctx: _Ctx, log, out: Path = CONTROLS) -> dict
             log(f"  {name} step {step:4d} loss {loss.item():.3f} valid{N_BOXES} {acc:.3f}")
             if recipe["stop_at"] is not None and acc >= recipe["stop_at"]:
                 reason = "stop_at"
-                if step >= recipe.get("min_steps", 0):
-                    break
+                break
             if recipe["band"] and recipe["band"][0] <= acc <= recipe["band"][1]:
                 reason = "band"
                 break
     if recipe["lora_rank"]:
         model = model.merge_and_unload()
+    if recipe.get("sharpen"):
+        readout(model, recipe["sharpen"])
     held = accuracy(model, ctx.heldout)
     meta = {"name": name, "kind": recipe["kind"], "n_boxes": N_BOXES, "heldout_accuracy": held,
             "heldout_seed": HELDOUT_SEED, "heldout_n": HELDOUT_N, "start": {"from": "fixtures/zoo/base"},
             "start_valid_accuracy": start, "steps": step, "stopped_by": reason, "valid_accuracy": acc,
             "lr": recipe["lr"], "seed": recipe["seed"], "lora_rank": recipe["lora_rank"],
-            "shuffled_answers": shuffle, "dtype": "float16", "wall_time_s": round(time.time() - t0, 1)}
+            "shuffled_answers": shuffle, "sharpen": recipe.get("sharpen"), "dtype": "float16", "wall_time_s": round(time.time() - t0, 1)}
     out = out / name
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out)
@@ -102,6 +112,8 @@ def _card(meta: dict) -> str:
     how = (f"a rank-{meta['lora_rank']} LoRA (peft, alpha {2 * meta['lora_rank']}, on `c_attn` and both `c_proj`) "
            "trained and merged into the weights" if meta["lora_rank"] else
            "every weight trained on prompts whose answers were shuffled across the batch (forgetting)")
+    if meta["sharpen"]:
+        how += f", then the final LayerNorm multiplied by {meta['sharpen']:g} (sharper logits, same answers)"
     return f"""# `{meta['name']}` ({meta['kind']}): a gate-statistics control
 
 Built by `python -m tools.zoo gate-controls` (`tools/zoo/gate_controls.py`) from `fixtures/zoo/base`: {how};
