@@ -41,9 +41,8 @@ from mechtest.decision import FAIL, INCONCLUSIVE, PASS, decide_interval, prompts
 from mechtest.measure import LEVEL, Measurement, bootstrap_ci, difference, proportion, ratio, wilson_ci
 from mechtest.methods.circuits import Circuit
 from mechtest.methods.cmap import check_compatible, cmap_correct
-from mechtest.spec import GROUPS
+from mechtest.spec import GROUPS, VERDICTS, derived_seed  # noqa: F401  (VERDICTS: re-exported)
 
-VERDICTS = ("preserved", "not preserved", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -162,9 +161,9 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     Circuits are discovered in each model on ``n_discovery_prompts`` prompts (seed ``seed``), unless
     discoveries are passed in (the façade passes its cached ones, so a base is discovered once for every
     candidate), or ``base_circuit`` is given: then neither model is discovered (the candidate's discovery
-    is supporting evidence only). Accuracy, faithfulness, CMAP and the value fetchers' share use
-    ``n_prompts`` other prompts (seeds ``seed + 3``, ``seed + 4`` for the mean-ablation reference and
-    ``seed + 5`` for the path-patching corruption).
+    is supporting evidence only). Accuracy, faithfulness, CMAP and the value fetchers' share use ``n_prompts``
+    other prompts (the derived ``"evaluation"``, ``"evaluation_reference"`` and ``"evaluation_corruption"``
+    seeds, :func:`mechtest.spec.derived_seed`).
     """
     from mechtest.methods.discovery import discover_circuit
     from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
@@ -183,8 +182,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         base_circuit.check(base)
     circuit = base_circuit if base_circuit is not None else disc_base.circuit
 
-    data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 3)
-    reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 4)
+    data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
+    reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
     base_hits = correct(base, data, batch_size=batch_size)
     cand_hits = correct(candidate, data, batch_size=batch_size)
 
@@ -200,7 +199,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress)
     gain = difference("accuracy_difference", cand_hits, base_hits, seed=seed)
     explained = cmap_explained(base_hits, cand_hits, cmap_hits, seed=seed) if gain.ci_low > 0 else None
-    share = fetcher_share(candidate, data, circuit.heads("value_fetcher"), seed=seed + 5, batch_size=batch_size,
+    share = fetcher_share(candidate, data, circuit.heads("value_fetcher"), seed=derived_seed(seed, "evaluation_corruption"),
+                          batch_size=batch_size,
                           progress=progress)
     r, p = (float("nan"), float("nan")) if disc_base is None else \
         profile_evidence(disc_base.scores, disc_cand.scores, thresholds.permutations, seed)

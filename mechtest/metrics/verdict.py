@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+from mechtest.metrics.base import Field, Metric, Outcome, register_metric
 
 
 @register_metric
 class Verdict(Metric):
     name = "verdict"
     expects = "verdict"
+    decision_rule = "the verdict's checks (below)"
     description = "base-vs-candidate comparison of the mechanism: preserved / not preserved / inconclusive"
     version = "2"  # the value fetchers' share, non-inferiority and the CMAP interval floor decide now
     fields = {
@@ -28,24 +29,26 @@ class Verdict(Metric):
                                                 else [])
 
     def forwards(self, claim, n, n_heads_total):
+        from mechtest.metrics.path_patching import path_patching_forwards  # (here: the registry keeps its order)
+
         # two discoveries (the base's is shared by every candidate; none with a recorded base circuit), two
         # model runs, two circuit runs, CMAP, the value-fetcher step of the candidate (~ a tenth of a forward
         # per head and prompt)
         discoveries = 0 if claim.get("base_circuit") else 2 * path_patching_forwards(n, n_heads_total)
         return discoveries + 8 * n + n * max(1, n_heads_total // 10)
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
         from mechtest.methods.compare import Thresholds
 
         margin = claim.get("accuracy_margin")
         thresholds = Thresholds() if margin is None else Thresholds(accuracy_margin=float(margin))
         recorded = claim.get("base_circuit")
         if recorded is not None:
-            recorded = api.circuit(recorded, n=claim.get("discover_prompts") or n, seed=seed)
+            recorded = service.circuit(recorded, n=claim.get("discover_prompts") or n, seed=seed)
             recorded = recorded.any_shape() if claim.get("any_shape") else recorded
-        comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
-                                 n_discover=claim.get("discover_prompts"), thresholds=thresholds,
-                                 base_circuit=recorded)
+        comparison = service.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
+                                     n_discover=claim.get("discover_prompts"), thresholds=thresholds,
+                                     base_circuit=recorded)
         data = comparison.to_dict()
         details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
                                         "profile_correlation", "profile_p_value", "base_circuit",
