@@ -45,6 +45,7 @@ def _compare(base, discoveries, candidate, seed):
                    base_discovery=discoveries[seed])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", BENIGN, ids=lambda p: p.name)
 def test_benign_fine_tunes_are_preserved_at_every_seed(base, base_discoveries, folder):
     assert any("lora" in p.name for p in BENIGN)  # the rank-4 LoRA control is among them
@@ -61,6 +62,7 @@ def forgetting(base, base_discoveries):
     return [_compare(base, base_discoveries, candidate, s) for s in SEEDS]
 
 
+@pytest.mark.slow
 def test_a_fine_tune_that_forgot_the_task_is_not_preserved(forgetting):
     for c in forgetting:
         assert c.verdict == "not preserved", c.explain()
@@ -69,6 +71,7 @@ def test_a_fine_tune_that_forgot_the_task_is_not_preserved(forgetting):
         assert outcomes["candidate accuracy"] == "PASS", c.explain()  # above the chance floor: it alone would pass
 
 
+@pytest.mark.slow
 def test_only_the_margin_holds_the_forgetting_fine_tune(forgetting):
     """With the margin lifted no check fails on the same measurements: no mechanism check would have held it."""
     c = forgetting[0]
@@ -123,6 +126,7 @@ def test_fetcher_share_fails_when_the_base_heads_do_nothing():
     assert clean.ci_low > 0.9 and clean.ci_high <= 1.0, clean.explain()
 
 
+@pytest.mark.slow
 def test_a_recorded_base_circuit_skips_the_base_discovery(base, monkeypatch):
     import mechtest.methods.discovery as discovery
 
@@ -140,6 +144,7 @@ def test_a_recorded_base_circuit_skips_the_base_discovery(base, monkeypatch):
     assert d["recorded_circuit"] is True and d["candidate_circuit"] is None
 
 
+@pytest.mark.slow
 def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path):
     from mechtest.claims import load_claims
     from mechtest.errors import ClaimError
