@@ -1,11 +1,12 @@
 """The gate's error rates on candidates built to fool it.
 
-    python benchmarks/gate_error_rates.py [--renamings 20] [--prompts 140]
+    python benchmarks/gate_error_rates.py [--renamings 20] [--prompts 140] [--seeds 0 1 2]
 
 False passes: function-identical copies of every independent model (``fixtures/zoo/other`` and
-``fixtures/controls/independent-*``) with heads renamed within layers by random permutations, each compared
-with ``fixtures/zoo/base``; a "preserved" verdict is a false pass (goal <= 5 %). False fails: every benign
-fine-tune (``fixtures/controls/benign-*``) compared with base; anything but "preserved" is a false fail
+``fixtures/controls/*independent-*``) with heads renamed within layers by random permutations, and every
+control that must not pass (``*rerouted-*``, ``*forgetting*``), each compared with ``fixtures/zoo/base``; a
+"preserved" verdict is a false pass (goal <= 5 %). False fails: every benign fine-tune
+(``fixtures/controls/*benign-*``) compared with base at each seed; anything but "preserved" is a false fail
 (goal 0). Prints each verdict and the two rates with their Wilson intervals.
 """
 
@@ -30,13 +31,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--renamings", type=int, default=20, help="random renamings per independent model")
     parser.add_argument("--prompts", type=int, default=140)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the renamings")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="verdict seeds of the controls")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     zoo, controls = REPO / "fixtures" / "zoo", REPO / "fixtures" / "controls"
     base = load_model(zoo / "base", name="base")
     n_boxes = json.loads((zoo / "base" / "mechtest.json").read_text()).get("n_boxes", 7)
-    independent = [zoo / "other", *sorted(controls.glob("independent-*"))]
-    benign = sorted(controls.glob("benign-*"))
+    independent = [zoo / "other", *sorted(controls.glob("*independent-*"))]
+    benign = sorted(controls.glob("*benign-*"))
+    must_fail = [p for p in sorted(controls.iterdir()) if "rerouted-" in p.name or "forgetting" in p.name]
     rng = random.Random(args.seed)
     passes = total = 0
     for path in independent:
@@ -47,14 +54,25 @@ def main() -> None:
             passes += verdict == "preserved"
             total += 1
             print(f"{path.name} renamed #{i}: {verdict}", flush=True)
-    fails = 0
+    for path in must_fail:
+        candidate = load_model(path, name=path.name)
+        for seed in args.seeds:
+            verdict = compare(base, candidate, n_prompts=args.prompts, n_boxes=n_boxes, seed=seed,
+                              progress=False).verdict
+            passes += verdict == "preserved"
+            total += 1
+            print(f"{path.name} seed {seed}: {verdict}", flush=True)
+    fails = runs = 0
     for path in benign:
-        verdict = compare(base, load_model(path, name=path.name), n_prompts=args.prompts, n_boxes=n_boxes,
-                          progress=False).verdict
-        fails += verdict != "preserved"
-        print(f"{path.name}: {verdict}", flush=True)
-    for label, k, n in (("false-pass rate (renamed independent models)", passes, total),
-                        ("false-fail rate (benign fine-tunes)", fails, len(benign))):
+        candidate = load_model(path, name=path.name)
+        for seed in args.seeds:
+            verdict = compare(base, candidate, n_prompts=args.prompts, n_boxes=n_boxes, seed=seed,
+                              progress=False).verdict
+            fails += verdict != "preserved"
+            runs += 1
+            print(f"{path.name} seed {seed}: {verdict}", flush=True)
+    for label, k, n in (("false-pass rate (renamed independent models, rerouted, forgetting)", passes, total),
+                        ("false-fail rate (benign fine-tunes x seeds)", fails, runs)):
         low, high = wilson_ci(k, n) if n else (float("nan"), float("nan"))
         print(f"{label}: {k}/{n} = {k / max(n, 1):.3f} (95% CI {low:.3f}..{high:.3f})")
 

@@ -198,26 +198,31 @@ class Service:
             lambda: completeness(model, circ, data, ref, mode=mode, n_draws=n_draws, seed=seed, cache=self.cache))
 
     def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
-                n_discover: int | None = None):
+                n_discover: int | None = None, thresholds=None, base_circuit=None):
         """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``).
 
         Both discoveries come from this session's memo and the on-disk cache, so a base is discovered once for
-        any number of candidates, and a rerun reads the path-patching scores back."""
-        from mechtest.methods.compare import compare
+        any number of candidates, and a rerun reads the path-patching scores back. With ``base_circuit`` (a
+        Circuit or a circuit reference) neither model is discovered."""
+        from mechtest.methods.compare import Thresholds, compare
 
         base_model, cand_model = self.model(base), self.model(candidate)
         n, n_boxes = self.n_prompts(n), n_boxes or self.n_boxes(base_model)
         n_discover = self.n_prompts(n_discover or n)
+        thresholds = thresholds or Thresholds()
+        recorded = None if base_circuit is None else self.circuit(base_circuit, n=n_discover, seed=seed)
         self.seeds.add(seed)
 
         def compute():
-            found = {m.name: self.discover(m, n=n_discover, seed=seed, n_boxes=n_boxes)
-                     for m in (base_model, cand_model)}
+            found = {} if recorded is not None else {
+                m.name: self.discover(m, n=n_discover, seed=seed, n_boxes=n_boxes) for m in (base_model, cand_model)}
             return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache,
-                           base_discovery=found[base_model.name], candidate_discovery=found[cand_model.name],
-                           progress=False)
+                           base_discovery=found.get(base_model.name), candidate_discovery=found.get(cand_model.name),
+                           base_circuit=recorded, thresholds=thresholds, progress=False)
 
-        return self.memoised(("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed), compute)
+        key = ("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed, thresholds,
+               None if recorded is None else _circuit_key(recorded))
+        return self.memoised(key, compute)
 
     def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,
             n_boxes: int | None = None):

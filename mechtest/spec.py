@@ -95,4 +95,5 @@ def derived_seed(seed: int, purpose: str) -> int:
     return seed + _SEED_OFFSETS[purpose]
 
 
-_SEED_OFFSETS = {"corruption": 1, "minimality_reference": 2, "evaluation": 3, "evaluation_reference": 4}
+_SEED_OFFSETS = {"corruption": 1, "minimality_reference": 2, "evaluation": 3, "evaluation_reference": 4,
+                 "evaluation_corruption": 5}

@@ -48,7 +48,9 @@ def test_same_function_other_heads_is_not_preserved(planted_vs_b):
     assert c.candidate_circuit.heads("value_fetcher") == ((3, 2),)
     outcomes = {k.name: k.outcome for k in c.checks}
     assert outcomes == {"base circuit faithful in base": "PASS", "base circuit faithful in candidate": "FAIL",
-                        "value_fetcher overlap": "FAIL", "candidate accuracy": "PASS"}
+                        "base value fetchers' share in candidate": "FAIL",
+                        "accuracy vs base (non-inferiority)": "PASS", "candidate accuracy": "PASS"}
+    assert c.fetcher_share.ci_high < 0.1, c.fetcher_share.explain()  # L3H1 does nothing in planted-b
     assert c.reason.startswith("base circuit faithful in candidate 0.")
     assert [name for name, _ in c.not_applied] == ["accuracy gain explained by CMAP"]
 
@@ -58,10 +60,13 @@ def test_explain_and_json_carry_every_check(planted_vs_b):
     assert text.splitlines()[0].startswith("planted-b vs planted: NOT PRESERVED")
     assert "check: base circuit faithful in candidate" in text and "vs >= 0.80: FAIL" in text
     assert "not applied: accuracy gain explained by CMAP (no significant gain to explain" in text
-    assert "supporting only: path-patching profile correlation" in text and "relabelling p =" in text
+    assert "supporting only: own discoveries' value_fetcher overlap 0.00; path-patching profile correlation" in text
+    assert "relabelling p =" in text
     d = json.loads(json.dumps(planted_vs_b.to_dict(), allow_nan=False))
     assert d["verdict"] == "not preserved" and d["overlap"]["value_fetcher"] == 0.0
-    assert {c["name"] for c in d["checks"]} >= {"base circuit faithful in candidate", "value_fetcher overlap"}
+    assert {c["name"] for c in d["checks"]} >= {"base circuit faithful in candidate",
+                                                "base value fetchers' share in candidate",
+                                                "accuracy vs base (non-inferiority)"}
     check = next(c for c in d["checks"] if c["name"] == "base circuit faithful in candidate")
     assert set(check) >= {"value", "ci_low", "ci_high", "bound", "outcome"} and check["bound"] == 0.8
 
@@ -72,13 +77,14 @@ def test_a_model_against_itself_is_preserved(planted_vs_itself):
     assert c.verdict == "preserved", c.explain()
     assert c.faithfulness.value == 1.0 and c.cmap_gain.value == 0.0
     assert all(v == 1.0 for v in c.overlap.values())
+    assert c.fetcher_share.ci_low > 0.9, c.fetcher_share.explain()
     assert c.profile_correlation == pytest.approx(1.0) and c.profile_p_value < 0.01
     assert c.reason == "every check holds on its whole interval"
 
 
 def test_thresholds_decide_without_running_a_model(planted_vs_b):
     assert isinstance(planted_vs_b, Comparison) and planted_vs_b.thresholds == Thresholds()
-    lenient = judge(planted_vs_b, Thresholds(faithfulness=0.0, overlap=0.0))
+    lenient = judge(planted_vs_b, Thresholds(faithfulness=0.0, fetcher_share=0.0))
     assert lenient.verdict == "preserved" and judge(lenient, Thresholds()).verdict == "not preserved"
 
 

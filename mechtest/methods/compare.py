@@ -6,11 +6,19 @@ The verdict rests on the paper's evidence, each check decided on its confidence 
   cannot show that the candidate kept it, so if it clearly fails the verdict is ``inconclusive``; if its
   interval straddles the bound, only a clear failure of the candidate decides (``not preserved``);
 * **faithfulness of the base's circuit in the candidate** (spec 5.2; Vicuna/Goat keep Llama's circuit);
-* **value-fetcher overlap**: |base ∩ candidate| / |base| of the heads each model's own discovery puts in
-  that group (spec 5.5);
+* **the base's value fetchers are still strong in the candidate** (spec 5.5): their share of the
+  candidate's value-fetcher effect against its strongest other heads (``fetcher_share``), bootstrapped over
+  prompts. Each model's own discovered value fetchers, compared as sets, are reported as supporting evidence
+  only: a set flips between samples when two heads are nearly tied;
 * **CMAP explains the gain** (spec 7): when the candidate is significantly more accurate, patching the
   candidate's outputs of the base circuit's heads into the base recovers at least half of the gain;
-* the candidate still solves the task (accuracy above chance): faithfulness is a ratio.
+* **non-inferiority**: candidate accuracy >= base accuracy - ``accuracy_margin`` (paired difference), so
+  a fine-tune that forgot the task is not preserved however faithful its circuit looks (faithfulness is a
+  ratio); and the candidate is above chance.
+
+A recorded base circuit (``base_circuit=``) skips the base's discovery: the circuit is then not checked to
+be what path patching finds in the base on these settings, and no path-patching profiles are compared; every
+deciding check is still measured.
 
 Heads are compared **by index**: the gate asks whether a fine-tune kept the mechanism in the same heads,
 which is what fine-tuning does. A function-identical copy with heads renamed within a layer, or an
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 
 from mechtest.decision import FAIL, INCONCLUSIVE, PASS, decide_interval, prompts_to_clear
-from mechtest.measure import Measurement, difference, proportion, ratio, statistic
+from mechtest.measure import LEVEL, Measurement, bootstrap_ci, difference, proportion, ratio, wilson_ci
 from mechtest.methods.circuits import Circuit
 from mechtest.methods.cmap import check_compatible, cmap_correct
 from mechtest.spec import GROUPS, VERDICTS, derived_seed  # noqa: F401  (VERDICTS: re-exported)
@@ -42,10 +50,10 @@ class Thresholds:
     """What "preserved" requires; every bound is inclusive."""
 
     faithfulness: float = 0.80   # base circuit's faithfulness, in the base and in the candidate
-    overlap: float = 0.50        # |base ∩ candidate| / |base| of the ``group`` heads
+    fetcher_share: float = 1 / 3  # the candidate's strongest other heads at most twice as strong as the base's
     cmap_explained: float = 0.50  # share of a significant accuracy gain that CMAP of the circuit heads recovers
+    accuracy_margin: float = 0.05  # candidate accuracy >= base accuracy - this (paired)
     accuracy_over_chance: float = 0.10  # candidate accuracy >= 1 / n_boxes + this
-    group: str = "value_fetcher"
     permutations: int = 1000     # within-layer relabellings for the profile p-value
 
 
@@ -80,16 +88,18 @@ class Comparison:
     candidate_accuracy: Measurement
     accuracy_difference: Measurement          # candidate - base, paired over prompts
     base_circuit: Circuit
-    candidate_circuit: Circuit
+    candidate_circuit: Circuit | None          # the candidate's own discovery (None with a recorded base circuit)
     base_faithfulness: Measurement | None     # base circuit in the base (the precondition)
     faithfulness: Measurement | None          # base circuit in the candidate; None if the candidate scores 0
-    overlap: dict[str, float]                 # per group: |base ∩ candidate| / |base|
+    fetcher_share: Measurement                # base's value fetchers vs the candidate's strongest other heads
+    overlap: dict[str, float]                 # per group: |base ∩ candidate| / |base| (supporting only)
     cmap_accuracy: Measurement                # base with the candidate's base-circuit head outputs patched in
     cmap_gain: Measurement                    # cmap_accuracy - base accuracy, paired
     cmap_explained: Measurement | None        # cmap gain / accuracy gain (when the gain is significant)
     profile_correlation: float                # path-patching score profiles, within layers (supporting)
     profile_p_value: float                    # within-layer relabelling null
     thresholds: Thresholds
+    recorded_circuit: bool = False            # the base circuit was given, not discovered in the base
     checks: tuple[Check, ...] = ()
     not_applied: tuple[tuple[str, str], ...] = ()  # (check, why)
     verdict: str = "inconclusive"
@@ -109,11 +119,15 @@ class Comparison:
         lines.append(f"  accuracy: base {self.base_accuracy.value:.3f}, candidate {self.candidate_accuracy.value:.3f}, "
                      f"gain {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]; {self.n_prompts} prompts, "
                      f"{self.n_boxes} boxes, seed {self.seed}")
-        lines.append(f"  base circuit: {_heads(self.base_circuit)}; candidate's own: {_heads(self.candidate_circuit)}")
+        origin = "recorded" if self.recorded_circuit else "discovered in the base"
+        own = "not discovered" if self.candidate_circuit is None else _heads(self.candidate_circuit)
+        lines.append(f"  base circuit ({origin}): {_heads(self.base_circuit)}; candidate's own: {own}")
         lines.append(f"  CMAP (candidate's base-circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
                      f"{self.cmap_gain.value:+.3f} [{self.cmap_gain.ci_low:+.3f}, {self.cmap_gain.ci_high:+.3f}]")
-        lines.append(f"  supporting only: path-patching profile correlation {_fmt(self.profile_correlation)} "
-                     f"(within layers; relabelling p = {_fmt(self.profile_p_value)})")
+        if self.overlap:
+            lines.append(f"  supporting only: own discoveries' value_fetcher overlap {_fmt(self.overlap['value_fetcher'])}"
+                         f"; path-patching profile correlation {_fmt(self.profile_correlation)} "
+                         f"(within layers; relabelling p = {_fmt(self.profile_p_value)})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -127,36 +141,46 @@ class Comparison:
             "not_applied": [{"check": n, "reason": r} for n, r in self.not_applied],
             "base_accuracy": m(self.base_accuracy), "candidate_accuracy": m(self.candidate_accuracy),
             "accuracy_difference": m(self.accuracy_difference), "base_faithfulness": m(self.base_faithfulness),
-            "faithfulness": m(self.faithfulness), "cmap_accuracy": m(self.cmap_accuracy),
+            "faithfulness": m(self.faithfulness), "fetcher_share": m(self.fetcher_share),
+            "cmap_accuracy": m(self.cmap_accuracy),
             "cmap_gain": m(self.cmap_gain), "cmap_explained": m(self.cmap_explained),
             "overlap": _json(self.overlap), "profile_correlation": _json(self.profile_correlation),
             "profile_p_value": _json(self.profile_p_value),
-            "base_circuit": self.base_circuit.to_dict(), "candidate_circuit": self.candidate_circuit.to_dict(),
+            "base_circuit": self.base_circuit.to_dict(), "recorded_circuit": self.recorded_circuit,
+            "candidate_circuit": None if self.candidate_circuit is None else self.candidate_circuit.to_dict(),
             "thresholds": asdict(self.thresholds), "sizes": dict(self.sizes), "receivers": dict(self.receivers),
         }
 
 
 def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: int = 0,
             n_discovery_prompts: int | None = None, thresholds: Thresholds = Thresholds(), batch_size: int = 50,
-            base_discovery=None, candidate_discovery=None, cache=None, progress: bool = True) -> Comparison:
+            base_discovery=None, candidate_discovery=None, base_circuit: Circuit | None = None, cache=None,
+            progress: bool = True) -> Comparison:
     """Compare ``candidate`` with ``base`` on the same prompts and give a verdict on the paper's evidence.
 
     Circuits are discovered in each model on ``n_discovery_prompts`` prompts (seed ``seed``), unless
     discoveries are passed in (the façade passes its cached ones, so a base is discovered once for every
-    candidate). Accuracy, faithfulness and CMAP use ``n_prompts`` other prompts (the derived ``"evaluation"`` and
-    ``"evaluation_reference"`` seeds, :func:`mechtest.spec.derived_seed`).
+    candidate), or ``base_circuit`` is given: then neither model is discovered (the candidate's discovery
+    is supporting evidence only). Accuracy, faithfulness, CMAP and the value fetchers' share use ``n_prompts``
+    other prompts (the derived ``"evaluation"``, ``"evaluation_reference"`` and ``"evaluation_corruption"``
+    seeds, :func:`mechtest.spec.derived_seed`).
     """
     from mechtest.methods.discovery import discover_circuit
     from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
+    from mechtest.methods.fetcher_share import fetcher_share
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
 
     check_compatible(base, candidate)
     n_disc = n_prompts if n_discovery_prompts is None else n_discovery_prompts
-    disc_base = base_discovery or discover_circuit(base, n_prompts=n_disc, n_boxes=n_boxes, seed=seed,
-                                                   progress=progress, cache=cache)
-    disc_cand = candidate_discovery or (disc_base if candidate is base else discover_circuit(
-        candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, progress=progress, cache=cache))
-    circuit = disc_base.circuit
+    disc_base = disc_cand = None
+    if base_circuit is None:
+        disc_base = base_discovery or discover_circuit(base, n_prompts=n_disc, n_boxes=n_boxes, seed=seed,
+                                                       progress=progress, cache=cache)
+        disc_cand = candidate_discovery or (disc_base if candidate is base else discover_circuit(
+            candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, progress=progress, cache=cache))
+    else:
+        base_circuit.check(base)
+    circuit = base_circuit if base_circuit is not None else disc_base.circuit
 
     data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
     reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
@@ -174,23 +198,49 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
 
     cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress)
     gain = difference("accuracy_difference", cand_hits, base_hits, seed=seed)
-    explained = None
-    if gain.ci_low > 0:
-        explained = statistic("cmap_explained", (cmap_hits.mean() - base_hits.mean()) / gain.value,
-                              [base_hits, cand_hits, cmap_hits], _explained, seed=seed)
-    r, p = profile_evidence(disc_base.scores, disc_cand.scores, thresholds.permutations, seed)
+    explained = cmap_explained(base_hits, cand_hits, cmap_hits, seed=seed) if gain.ci_low > 0 else None
+    share = fetcher_share(candidate, data, circuit.heads("value_fetcher"), seed=derived_seed(seed, "evaluation_corruption"),
+                          batch_size=batch_size,
+                          progress=progress)
+    r, p = (float("nan"), float("nan")) if disc_base is None else \
+        profile_evidence(disc_base.scores, disc_cand.scores, thresholds.permutations, seed)
     measured = Comparison(
         base=base.name, candidate=candidate.name, n_prompts=len(data), n_boxes=n_boxes, seed=seed,
         base_accuracy=proportion("accuracy", base_hits, seed=seed, model=base.name),
         candidate_accuracy=proportion("accuracy", cand_hits, seed=seed, model=candidate.name),
-        accuracy_difference=gain, base_circuit=circuit, candidate_circuit=disc_cand.circuit,
+        accuracy_difference=gain, base_circuit=circuit,
+        candidate_circuit=None if disc_cand is None else disc_cand.circuit,
         base_faithfulness=faithful(base, base_hits), faithfulness=faithful(candidate, cand_hits),
-        overlap={g: _overlap(g, circuit, disc_cand.circuit) for g in GROUPS},
+        fetcher_share=share,
+        overlap={} if disc_cand is None else {g: _overlap(g, circuit, disc_cand.circuit) for g in GROUPS},
         cmap_accuracy=proportion("cmap_accuracy", cmap_hits, seed=seed, donor=candidate.name, model=base.name),
         cmap_gain=difference("cmap_gain", cmap_hits, base_hits, seed=seed), cmap_explained=explained,
-        profile_correlation=r, profile_p_value=p, thresholds=thresholds, sizes=dict(disc_base.sizes),
-        receivers=dict(disc_base.receivers))
+        profile_correlation=r, profile_p_value=p, thresholds=thresholds, recorded_circuit=disc_base is None,
+        sizes={} if disc_base is None else dict(disc_base.sizes),
+        receivers={} if disc_base is None else dict(disc_base.receivers))
     return judge(measured, thresholds)
+
+
+def cmap_explained(base_hits, cand_hits, cmap_hits, *, seed: int = 0) -> Measurement:
+    """(CMAP accuracy - base accuracy) / (candidate accuracy - base accuracy), paired over prompts.
+
+    When CMAP gives the candidate's answer on every prompt, every bootstrap resample gives exactly 1 and the
+    percentile interval collapses to a point; but the rate at which the two disagree is only known up to its
+    Wilson interval. Since ``explained = 1 - mean(cand - cmap) / gain`` and ``|mean(cand - cmap)|`` is at most
+    that rate, the interval is never narrower than ``value ± (the rate's Wilson upper bound) / gain``."""
+    base_hits, cand_hits, cmap_hits = (np.asarray(a, dtype=np.float64) for a in (base_hits, cand_hits, cmap_hits))
+    gain = cand_hits.mean() - base_hits.mean()
+    value = (cmap_hits.mean() - base_hits.mean()) / gain
+    discordant = float((cmap_hits != cand_hits).sum())
+
+    def recompute(level):
+        low, high = bootstrap_ci([base_hits, cand_hits, cmap_hits], _explained, seed=seed, level=level)
+        floor = wilson_ci(discordant, len(cand_hits), level)[1] / gain
+        return min(low, value - floor), max(high, value + floor)
+
+    low, high = recompute(LEVEL)
+    return Measurement("cmap_explained", float(value), low, high, len(cand_hits), seed,
+                       {"discordant_prompts": int(discordant)}, interval="bootstrap+wilson", recompute=recompute)
 
 
 def judge(c: Comparison, t: Thresholds) -> Comparison:
@@ -212,14 +262,18 @@ def judge(c: Comparison, t: Thresholds) -> Comparison:
         checks.append(Check("base circuit faithful in candidate", 0.0, None, None, t.faithfulness, FAIL))
     else:
         checks.append(_check("base circuit faithful in candidate", c.faithfulness, t.faithfulness))
-    overlap = c.overlap[t.group]
-    checks.append(Check(f"{t.group} overlap", overlap, None, None, t.overlap, PASS if overlap >= t.overlap else FAIL))
+    checks.append(_check("base value fetchers' share in candidate", c.fetcher_share, t.fetcher_share))
     if c.cmap_explained is not None:
         checks.append(_check("accuracy gain explained by CMAP", c.cmap_explained, t.cmap_explained))
     else:
         d = c.accuracy_difference
         not_applied.append(("accuracy gain explained by CMAP",
                             f"no significant gain to explain: {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"))
+    if c.recorded_circuit:
+        not_applied.append(("base circuit is what discovery finds in the base",
+                            "recorded base circuit: the base was not path-patched, so neither own discoveries nor "
+                            "path-patching profiles are compared"))
+    checks.append(_check("accuracy vs base (non-inferiority)", c.accuracy_difference, -t.accuracy_margin))
     checks.append(_check("candidate accuracy", c.candidate_accuracy, 1 / c.n_boxes + t.accuracy_over_chance))
     outcomes = [k.outcome for k in checks]
     if FAIL in outcomes:

@@ -11,23 +11,47 @@ class Verdict(Metric):
     expects = "verdict"
     decision_rule = "the verdict's checks (below)"
     description = "base-vs-candidate comparison of the mechanism: preserved / not preserved / inconclusive"
-    fields = {"base": Field("model", required=True)}
+    version = "2"  # the value fetchers' share, non-inferiority and the CMAP interval floor decide now
+    fields = {
+        "base": Field("model", required=True),
+        "base_circuit": Field("circuit", doc="a recorded base circuit: skips discovering the base"),
+        "accuracy_margin": Field("number", minimum=0,
+                                 doc="candidate accuracy must be >= base accuracy - this (default 0.05)"),
+    }
 
     def check(self, params, models, fail):
         if params["base"] in models:
             fail("base", f"the base model {params['base']!r} is also one of the candidate models")
 
+    def models_needed(self, params):
+        recorded = params.get("base_circuit") or ""
+        return super().models_needed(params) + ([recorded.split(":", 1)[1]] if recorded.startswith("discovered:")
+                                                else [])
+
     def forwards(self, claim, n, n_heads_total):
         from mechtest.metrics.path_patching import path_patching_forwards  # (here: the registry keeps its order)
 
-        # two discoveries (the base's is shared by every candidate), two model runs, two circuit runs, CMAP
-        return 2 * path_patching_forwards(n, n_heads_total) + 8 * n
+        # two discoveries (the base's is shared by every candidate; none with a recorded base circuit), two
+        # model runs, two circuit runs, CMAP, the value-fetcher step of the candidate (~ a tenth of a forward
+        # per head and prompt)
+        discoveries = 0 if claim.get("base_circuit") else 2 * path_patching_forwards(n, n_heads_total)
+        return discoveries + 8 * n + n * max(1, n_heads_total // 10)
 
     def measure(self, service, claim, model, *, n, seed, n_boxes):
+        from mechtest.methods.compare import Thresholds
+
+        margin = claim.get("accuracy_margin")
+        thresholds = Thresholds() if margin is None else Thresholds(accuracy_margin=float(margin))
+        recorded = claim.get("base_circuit")
+        if recorded is not None:
+            recorded = service.circuit(recorded, n=claim.get("discover_prompts") or n, seed=seed)
+            recorded = recorded.any_shape() if claim.get("any_shape") else recorded
         comparison = service.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
-                                 n_discover=claim.get("discover_prompts"))
+                                     n_discover=claim.get("discover_prompts"), thresholds=thresholds,
+                                     base_circuit=recorded)
         data = comparison.to_dict()
         details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
-                                        "profile_correlation", "profile_p_value", "base_circuit")}
+                                        "profile_correlation", "profile_p_value", "base_circuit",
+                                        "recorded_circuit")}
         return Outcome(comparison.verdict, detail=comparison.explain(), details=details,
                        circuit=comparison.base_circuit)

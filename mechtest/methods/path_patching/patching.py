@@ -45,26 +45,45 @@ def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: i
     The fast engine puts up to ``max_rows`` (sender, prompt) rows in one forward pass, fewer when their
     key/value prefix and logits would exceed ``memory_budget`` bytes.
     """
-    validate(model, base, corrupt, step)
-    senders = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)] if senders is None \
-        else [tuple(s) for s in senders]
-    check_heads(model, senders)
-    p_start = positions(base, step.position)
-    p_corr = corrupt_positions(corrupt, step.position, seed)
+    senders = _senders(model, senders)
     totals = torch.zeros(len(senders), dtype=torch.float64)
+    for batch in _batch_scores(model, base, corrupt, step, senders, seed, batch_size, naive, progress, max_rows,
+                               memory_budget):
+        totals += batch.sum(dim=1).double()
     n = len(base)
-    starts = list(range(0, n, batch_size))
-    bar = progress_bar(starts, f"path patching {step.group}" if progress else None, len(starts))
-    for start in bar:
-        sl = slice(start, min(start + batch_size, n))
-        ctx = BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], need_kv=not naive)
-        if naive:
-            totals += naive_scores(model, ctx, step, senders).sum(dim=1).double()
-        else:
-            totals += fast_scores(model, ctx, step, senders, max_rows, memory_budget).sum(dim=1).double()
     scores = torch.zeros(model.n_layers, model.n_heads)
     for (l, h), total in zip(senders, totals):
         scores[l, h] = float(total / n)
     return StepResult(step=step, scores=scores, n_prompts=n, seed=seed)
 
 
+def prompt_scores(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,
+                  senders: Sequence[tuple[int, int]] | None = None, progress: bool = False) -> torch.Tensor:
+    """Every sender's score on every prompt, (senders, prompts), for statistics over prompts (their mean over
+    prompts is ``patch_step``'s score); senders default to every head in layer-major order."""
+    senders = _senders(model, senders)
+    return torch.cat(list(_batch_scores(model, base, corrupt, step, senders, seed, batch_size, False, progress,
+                                        4096, 512 * 2**20)), dim=1)
+
+
+def _senders(model, senders) -> list[tuple[int, int]]:
+    senders = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)] if senders is None \
+        else [tuple(s) for s in senders]
+    check_heads(model, senders)
+    return senders
+
+
+def _batch_scores(model, base, corrupt, step, senders, seed, batch_size, naive, progress, max_rows, memory_budget):
+    """Yield (senders, batch) score tensors, one per batch of prompts."""
+    validate(model, base, corrupt, step)
+    p_start = positions(base, step.position)
+    p_corr = corrupt_positions(corrupt, step.position, seed)
+    n = len(base)
+    starts = list(range(0, n, batch_size))
+    for start in progress_bar(starts, f"path patching {step.group}" if progress else None, len(starts)):
+        sl = slice(start, min(start + batch_size, n))
+        ctx = BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], need_kv=not naive)
+        if naive:
+            yield naive_scores(model, ctx, step, senders)
+        else:
+            yield fast_scores(model, ctx, step, senders, max_rows, memory_budget)
