@@ -1,0 +1,136 @@
+"""A GGUF file is dequantised once: its weights, config (and tokenizer) are kept as a safetensors checkpoint.
+
+Dequantising a GGUF takes minutes on a CPU for a 0.5B model, and transformers reads the file's metadata again
+for the config, the weights and the tokenizer. The first load converts it into a checkpoint directory under
+``$MECHTEST_GGUF_CACHE`` (default ``$XDG_CACHE_HOME/mechtest/gguf``), named by the file's content hash, the
+transformers version that dequantised it and this module's format; every later load reads that directory
+like any local checkpoint. The directory appears by one rename when complete, so a reader never sees a torn
+entry, and an edited GGUF has another hash (see :func:`mechtest.fingerprint.file_digest`), so it is never
+served stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mechtest.errors import ModelLoadError
+from mechtest.fingerprint import file_digest
+from mechtest.model_ref import ModelRef
+
+CACHE_ENV = "MECHTEST_GGUF_CACHE"
+FORMAT = "1"  # bump when what an entry holds changes
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "mechtest" / "gguf"
+
+
+def gguf_path(ref: ModelRef) -> Path:
+    return Path(ref.path) / ref.gguf_file
+
+
+def gguf_fingerprint(ref: ModelRef, dtype) -> str:
+    """What a GGUF model computes: the file's contents and the dtype it is loaded in (no parse needed)."""
+    return hashlib.sha256(f"gguf:{file_digest(gguf_path(ref))}:{dtype}".encode()).hexdigest()[:32]
+
+
+def entry(ref: ModelRef) -> Path:
+    import transformers
+
+    return cache_root() / f"{file_digest(gguf_path(ref))[:32]}-tf{transformers.__version__}-v{FORMAT}"
+
+
+def tokenizer_beside(ref: ModelRef) -> bool:
+    """Tokenizer files next to the GGUF win over the GGUF's own (and are read from there, never cached)."""
+    return any((Path(ref.path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def cached_config(ref: ModelRef) -> dict | None:
+    """The converted config of a GGUF when its cache entry exists, else None (read without loading)."""
+    import json
+
+    card = entry(ref) / "config.json"
+    try:
+        return json.loads(card.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def header_shape(ref: ModelRef) -> tuple[int, int] | None:
+    """(layers, heads) from the GGUF's metadata (``<arch>.block_count``, ``<arch>.attention.head_count``)."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(gguf_path(ref))).fields
+
+        def value(key):
+            f = fields[key]
+            return f.contents() if hasattr(f, "contents") else f.parts[f.data[0]].tolist()[0]
+
+        arch = value("general.architecture")
+        return int(value(f"{arch}.block_count")), int(value(f"{arch}.attention.head_count"))
+    except Exception:  # no gguf package, unreadable file, missing key: the caller falls back
+        return None
+
+
+def checkpoint_dir(ref: ModelRef, shown: str, *, load_tokenizer) -> Path:
+    """The cache entry of ``ref``'s GGUF, converting it first when it is not there yet."""
+    target = entry(ref)
+    if (target / "config.json").is_file():
+        return target
+    from mechtest.progress import heartbeat
+
+    size_mb = gguf_path(ref).stat().st_size / 2**20
+    with heartbeat(f"dequantising {ref.gguf_file} ({size_mb:.0f} MB, once; later loads read {target.parent})"):
+        return _convert(ref, shown, target, load_tokenizer)
+
+
+def _convert(ref: ModelRef, shown: str, target: Path, load_tokenizer) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mechtest import compat
+    from mechtest.checkpoint_files import check_gguf, check_loading_info
+    from mechtest.checkpoint_files import first_line as _first_line
+    from mechtest.model import _quiet_transformers
+
+    check_gguf(gguf_path(ref), shown)
+    options = {"local_files_only": True, "trust_remote_code": False, "gguf_file": ref.gguf_file}
+    try:
+        config = AutoConfig.from_pretrained(str(ref.path), **options)
+        with _quiet_transformers():
+            hf, info = AutoModelForCausalLM.from_pretrained(
+                str(ref.path), config=config, **{compat.dtype_kwarg(): torch.float32}, attn_implementation="eager",
+                output_loading_info=True, ignore_mismatched_sizes=True, **options)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"could not load {shown!r}: {_first_line(e)}") from None
+    check_loading_info(info, shown)
+    tokenizer = None if tokenizer_beside(ref) else load_tokenizer(ref, shown, False)
+    # what transformers records of the GGUF quantiser: the dequantised weights are plain float32 now
+    hf.hf_quantizer = None
+    with contextlib.suppress(AttributeError):
+        del hf.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with _quiet_transformers():
+            hf.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic; fails when another process finished first
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
