@@ -85,13 +85,34 @@ def header_shape(ref: ModelRef) -> tuple[int, int] | None:
 def checkpoint_dir(ref: ModelRef, shown: str, *, load_tokenizer) -> Path:
     """The cache entry of ``ref``'s GGUF, converting it first when it is not there yet."""
     target = entry(ref)
-    if (target / "config.json").is_file():
+    if _whole(target):
         return target
+    _discard(target)  # not written by this module's rename (copied, edited, cut short): never served
     from mechtest.progress import heartbeat
 
     size_mb = gguf_path(ref).stat().st_size / 2**20
     with heartbeat(f"dequantising {ref.gguf_file} ({size_mb:.0f} MB, once; later loads read {target.parent})"):
         return _convert(ref, shown, target, load_tokenizer)
+
+
+def _whole(target: Path) -> bool:
+    from mechtest.checkpoint_files import checked_weight_files
+
+    if not (target / "config.json").is_file():
+        return False
+    try:
+        checked_weight_files(target)
+    except ModelLoadError:
+        return False
+    return True
+
+
+def _discard(target: Path) -> None:
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.discarded.", dir=target.parent))
+        with contextlib.suppress(OSError):
+            os.rename(target, aside / "entry")
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _convert(ref: ModelRef, shown: str, target: Path, load_tokenizer) -> Path:
@@ -129,7 +150,7 @@ def _convert(ref: ModelRef, shown: str, target: Path, load_tokenizer) -> Path:
         try:
             os.rename(tmp, target)  # atomic; fails when another process finished first
         except OSError:
-            if not (target / "config.json").is_file():
+            if not _whole(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
