@@ -234,8 +234,7 @@ class Mechtest:
             found = {m.name: self.discover(m, n=n_discover, seed=seed, n_boxes=n_boxes)
                      for m in (base_model, cand_model)}
             return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache,
-                           base_discovery=found[base_model.name], candidate_discovery=found[cand_model.name],
-                           progress=False)
+                           base_discovery=found[base_model.name], candidate_discovery=found[cand_model.name])
 
         return self._memoised(("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed), compute)
 
@@ -251,7 +250,7 @@ class Mechtest:
         return self._memoised(
             ("dcm", model.name, _circuit_key(circ), group, desideratum, n, n_boxes, seed),
             lambda: dcm(model, circ, group, desideratum, n_boxes=n_boxes, n_train=n, n_val=max(1, n // 2),
-                        n_test=max(1, n // 2), seed=seed, progress=False))
+                        n_test=max(1, n // 2), seed=seed))
 
     def cmap(self, model, *, source, circuit=None, group: str | None = None, n: int | None = None, seed: int = 0,
              n_boxes: int | None = None):
@@ -265,7 +264,7 @@ class Mechtest:
         return self._memoised(
             ("cmap", model.name, donor.name, None if circ is None else _circuit_key(circ), group, len(data),
              data.n_boxes, seed),
-            lambda: cmap(model, donor, data, circuit=circ, group=group, seed=seed, progress=False))
+            lambda: cmap(model, donor, data, circuit=circ, group=group, seed=seed))
 
     def knockout(self, model, *, edge: str = "last->object", layers=None, n: int | None = None, seed: int = 0,
                  n_boxes: int | None = None):
@@ -277,7 +276,7 @@ class Mechtest:
         layers = None if layers is None else tuple(layers)
         return self._memoised(
             ("knockout", model.name, edge, layers, len(data), data.n_boxes, seed),
-            lambda: attention_knockout(model, data, edge, start_layers=layers, seed=seed, progress=False))
+            lambda: attention_knockout(model, data, edge, start_layers=layers, seed=seed))
 
 
 def _fitted(model, dataset):

@@ -143,7 +143,10 @@ class ModelRegistry:
 
             ref = self.ref(name)
             self._make_room()
-            model = load_model(ref, dtype=self.settings.dtype, device=self.settings.device, name=name)
+            from mechtest.progress import heartbeat
+
+            with heartbeat(f"loading {name}"):
+                model = load_model(ref, dtype=self.settings.dtype, device=self.settings.device, name=name)
             self._loaded[name] = model
             self.fingerprints[name] = {"model": ref.display, "source": spec.source, "fingerprint": model.fingerprint,
                                        "dtype": str(model.dtype), "shape": list(model.shape)}

@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mechtest-max-models", type=int, default=None, metavar="N",
                     help="keep at most N models in memory; loading another releases the least recently used")
     group.addoption("--mechtest-progress", default="auto", choices=("auto", "yes", "no"),
-                    help="one line per claim with its forward passes and estimated time, shown through pytest's "
+                    help="one line per claim with its forward passes and estimated time, and an updating line "
+                         "for every long step (loading, path patching, CMAP, evaluation), shown through pytest's "
                          "capture: auto = on a terminal and not under CI (default), yes, no")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")
@@ -95,8 +96,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from mechtest import properties
+    from mechtest import progress, properties
     properties.unbind(config.stash.get(SESSION_KEY, None))
+    progress.configure()
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -324,6 +326,10 @@ def pytest_runtestloop(session: pytest.Session):
     """With --mechtest-plan: print the cost plan of the collected claims and run nothing. Otherwise, before a
     serial run, one line with the forward passes the claims will take."""
     config = session.config
+    from mechtest import progress
+    shown = _progress_reporter(config)  # long steps' lines: through the reporter past the capture, or nowhere
+    progress.configure("yes" if shown else "no", sink=shown and progress.pytest_sink(config, shown),
+                       tty=bool(shown and shown.isatty))
     items = [i for i in session.items if isinstance(i, ClaimItem)]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if not items or reporter is None or not _is_controller(config) or getattr(config.option, "collectonly", False):
@@ -332,7 +338,7 @@ def pytest_runtestloop(session: pytest.Session):
 
     if config.getoption("mechtest_plan"):
         reporter.section("mechtest plan")
-        for line in plan_lines(plan_rows(config.stash[SESSION_KEY], items)):
+        for line in plan_lines(plan_rows(config.stash[SESSION_KEY], items, loads=True)):
             reporter.write_line(line)
         return True
     if getattr(config.option, "numprocesses", None) in (None, 0):

@@ -15,16 +15,34 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-_state: dict = {"mode": "auto", "sink": None, "delay": 2.0, "tty": None}
+DELAY_ENV = "MECHTEST_PROGRESS_DELAY"  # seconds a step runs before its line shows (default 2)
+_state: dict = {"mode": "auto", "sink": None, "tty": None, "beating": None}
 
 
-def configure(mode: str = "auto", *, sink: Callable[[str], None] | None = None, delay: float = 2.0,
-              tty: bool | None = None) -> None:
+def configure(mode: str = "auto", *, sink: Callable[[str], None] | None = None, tty: bool | None = None) -> None:
     """``mode``: auto | yes | no; ``sink``: writes text (default: the terminal's stderr); ``tty``: whether the
     sink is a terminal (lines are rewritten in place there, printed whole elsewhere)."""
     if mode not in ("auto", "yes", "no"):
         raise ValueError(f"progress mode must be auto, yes or no, got {mode!r}")
-    _state.update(mode=mode, sink=sink, delay=float(delay), tty=tty)
+    _state.update(mode=mode, sink=sink, tty=tty)
+
+
+def pytest_sink(config, reporter) -> Callable[[str], None]:
+    """Writes through pytest's terminal reporter with output capture suspended, so it shows during a test."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def write(text: str) -> None:
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write(text, flush=True)
+    return write
+
+
+def _delay() -> float:
+    try:
+        return float(os.environ.get(DELAY_ENV, 2.0))
+    except ValueError:
+        return 2.0
 
 
 def _writer() -> tuple[Callable[[str], None], bool] | None:
@@ -48,14 +66,14 @@ class Line:
 
     def __init__(self, desc: str, total: int | None = None) -> None:
         self.desc, self.total, self.done = desc, total, 0
-        self.start = self._last = time.perf_counter()
+        self.start, self._last = time.perf_counter(), float("-inf")
         self.shown = False
         self._out = _writer()
 
     def update(self, done: int | None = None) -> None:
         self.done = self.done + 1 if done is None else done
         now = time.perf_counter()
-        if self._out is None or now - self.start < _state["delay"] or now - self._last < (0.5 if self._out[1]
+        if self._out is None or now - self.start < _delay() or now - self._last < (0.5 if self._out[1]
                                                                                           else 10.0):
             return
         self._last = now
@@ -92,8 +110,19 @@ def steps(iterable: Iterable, desc: str, total: int | None = None) -> Iterator:
 
 @contextlib.contextmanager
 def heartbeat(desc: str, every: float = 1.0):
-    """A line with the elapsed time while a step of unknown length runs (e.g. dequantising a GGUF)."""
+    """A line with the elapsed time while a step of unknown length runs (e.g. dequantising a GGUF); inside
+    another heartbeat, that one's line names this step instead of a second line."""
+    outer = _state.get("beating")
+    if outer is not None:
+        before, outer.desc = outer.desc, f"{outer.desc}: {desc}"
+        try:
+            yield outer
+        finally:
+            outer.desc = before
+        return
     line = Line(desc)
+    line.update(0)  # shows at once only when the delay is 0
+    _state["beating"] = line
     stop = threading.Event()
 
     def beat() -> None:
@@ -107,6 +136,7 @@ def heartbeat(desc: str, every: float = 1.0):
     finally:
         stop.set()
         thread.join()
+        _state["beating"] = None
         line.close()
 
 

@@ -20,7 +20,7 @@ def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 
 
     def run():
         corrupt = path_patching_corruption(base, model.tokenizer, seed=seed + 1)
-        result = path_patching(model, base, corrupt, receivers=receivers, seed=seed, progress=False)
+        result = path_patching(model, base, corrupt, receivers=receivers, seed=seed)
         return {g: s.scores.float().cpu() for g, s in result.steps.items()}
 
     if cache is None:

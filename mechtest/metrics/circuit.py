@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+from mechtest.metrics import Field, Metric, Outcome, register_metric
 
 ABLATION = Field("string", choices=("mean",), choices_message="only 'mean' ablation is implemented, got {value!r}",
                  doc="how heads outside the circuit are removed (spec 5.1)")
@@ -19,8 +19,7 @@ class CircuitMetric(Metric):
         raise NotImplementedError
 
     def forwards(self, claim, n, n_heads_total):
-        discovered = str(claim.get("circuit", "")).startswith("discovered:")
-        return self.runs_per_prompt(claim) * n + (path_patching_forwards(n, n_heads_total) if discovered else 0)
+        return self.runs_per_prompt(claim) * n  # a discovered circuit: see Metric.discoveries
 
     def measure(self, api, claim, model, *, n, seed, n_boxes):
         circuit = self.circuit_of(api, claim, n=n, seed=seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+from mechtest.metrics import Field, Metric, Outcome, register_metric
 
 
 @register_metric
@@ -17,8 +17,10 @@ class Verdict(Metric):
             fail("base", f"the base model {params['base']!r} is also one of the candidate models")
 
     def forwards(self, claim, n, n_heads_total):
-        # two discoveries (the base's is shared by every candidate), two model runs, two circuit runs, CMAP
-        return 2 * path_patching_forwards(n, n_heads_total) + 8 * n
+        return 8 * n  # two model runs, two circuit runs, CMAP; the two discoveries: see discoveries
+
+    def discoveries(self, claim, model):
+        return [claim.get("base"), model]  # the base's is shared by every candidate
 
     def measure(self, api, claim, model, *, n, seed, n_boxes):
         comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
