@@ -14,6 +14,9 @@ from mechtest.methods.path_patching import PathPatchingResult, path_patching
 
 from mechtest.spec import PAPER_CANDIDATES, PAPER_RECEIVERS, scaled
 
+# triage is the default from this many heads x prompt tokens on (benchmarks/triage_default.py, README)
+TRIAGE_FROM = 10_000
+
 
 @dataclass
 class Discovery:
@@ -29,11 +32,12 @@ class Discovery:
 def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int = 0,
                      sizes: dict[str, int] | None = None, receivers: dict[str, int] | None = None,
                      minimal: bool = False, threshold: float = 0.01, batch_size: int = 100,
-                     progress: bool = True, cache=None, triage: bool = False) -> Discovery:
+                     progress: bool = True, cache=None, triage: bool | None = None) -> Discovery:
     """Find the entity-tracking circuit of ``model`` from scratch, with the paper's procedure.
 
     ``triage=True`` scores every head by attribution and path-patches exactly only the top candidates
-    (``mechtest.methods.path_patching.attribution.triage``); the default scores every head exactly.
+    (``mechtest.methods.path_patching.attribution.triage``); ``False`` scores every head exactly; the default
+    (None) picks triage where it was measured faster (:func:`triage_by_default`).
     """
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set, path_patching_corruption
 
@@ -42,6 +46,8 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
     receivers = {**scaled(PAPER_RECEIVERS, total), **(receivers or {})}
     base = make_dataset(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed)
     corrupt = path_patching_corruption(base, model.tokenizer, seed=seed + 1)
+    if triage is None:
+        triage = total * int(base.input_ids.shape[1]) >= TRIAGE_FROM
     if triage:
         from mechtest.methods.path_patching.attribution import triage as triage_path_patching
 
@@ -59,3 +65,15 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
         circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
     return Discovery(circuit, scores, sizes, receivers, n_prompts, seed, report)
 
+
+
+def triage_by_default(model, *, n_boxes: int = 7) -> bool:
+    """The default of ``discover_circuit(triage=None)``: triage when heads x prompt tokens >= ``TRIAGE_FROM``.
+
+    Exact path patching costs about one partial forward per head and prompt position it reaches; triage pays a
+    fixed price (gradients on every prompt) to skip most heads, which only pays off on many heads x long prompts.
+    """
+    from mechtest.tasks.entity_tracking import make_dataset
+
+    tokens = int(make_dataset(model.tokenizer, 1, n_boxes=n_boxes, seed=0).input_ids.shape[1])
+    return model.n_layers * model.n_heads * tokens >= TRIAGE_FROM
