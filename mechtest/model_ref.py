@@ -106,6 +106,8 @@ def resolve_model(ref: str | os.PathLike, *, base_dir: str | os.PathLike) -> Mod
             f"{' at revision ' + repr(revision) if revision else ''} in the Hugging Face cache {str(cache)!r} "
             f"(set {ALLOW_DOWNLOAD_ENV}=1 to download it)")
     inner = _local_ref(text, snapshot)
+    if inner.kind == "adapter":  # an adapter repo in the cache: its base was resolved from its config
+        return inner
     return ModelRef(text=text, kind="hub", path=inner.path, hub_id=hub_id, revision=revision,
                     gguf_file=inner.gguf_file)
 

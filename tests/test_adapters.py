@@ -165,3 +165,23 @@ def test_adapter_on_gguf_base(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(m.hf(input_ids=ids).logits, expected(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
     assert m.fingerprint == checkpoint_fingerprint(m.ref)
+
+
+def test_adapter_and_its_base_from_the_hub_cache(adapter, tmp_path, monkeypatch):
+    from test_model_ref import fake_hub_cache
+
+    cache = tmp_path / "hf-cache"
+    for var in ("HF_HOME", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    fake_hub_cache(cache, "org/base", ZOO_BASE)
+    hub_adapter = tmp_path / "hub-ft"
+    shutil.copytree(adapter, hub_adapter)
+    card = hub_adapter / "adapter_config.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "base_model_name_or_path": "org/base"}))
+    fake_hub_cache(cache, "org/ft", hub_adapter)
+    ref = resolve_model("org/ft", base_dir=tmp_path)
+    assert ref.kind == "adapter" and ref.base.hub_id == "org/base"
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(ref, device="cpu").hf(input_ids=IDS).logits,
+                                   load_model(adapter, device="cpu").hf(input_ids=IDS).logits)
