@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -66,20 +67,55 @@ def cached_config(ref: ModelRef) -> dict | None:
 
 
 def header_shape(ref: ModelRef) -> tuple[int, int] | None:
-    """(layers, heads) from the GGUF's metadata (``<arch>.block_count``, ``<arch>.attention.head_count``)."""
+    """(layers, heads) from the GGUF's metadata (``<arch>.block_count``, ``<arch>.attention.head_count``),
+    reading the header only as far as those keys (gguf's reader parses the whole vocabulary first)."""
     try:
-        from gguf import GGUFReader
-
-        fields = GGUFReader(str(gguf_path(ref))).fields
-
-        def value(key):
-            f = fields[key]
-            return f.contents() if hasattr(f, "contents") else f.parts[f.data[0]].tolist()[0]
-
-        arch = value("general.architecture")
-        return int(value(f"{arch}.block_count")), int(value(f"{arch}.attention.head_count"))
-    except Exception:  # no gguf package, unreadable file, missing key: the caller falls back
+        values = _metadata(gguf_path(ref), stop=lambda v: _shape_keys(v) is not None)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
         return None
+    return _shape_keys(values)
+
+
+def _shape_keys(values: dict) -> tuple[int, int] | None:
+    arch = values.get("general.architecture")
+    layers, heads = values.get(f"{arch}.block_count"), values.get(f"{arch}.attention.head_count")
+    return (int(layers), int(heads)) if isinstance(layers, int) and isinstance(heads, int) else None
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _metadata(path: Path, stop) -> dict:
+    """GGUF key/value metadata (v2/v3, little-endian), read until ``stop(values)``; arrays are skipped."""
+    with open(path, "rb") as fh:
+        def read(fmt):
+            return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+
+        def string():
+            return fh.read(read("<Q")).decode("utf-8")
+
+        def value(kind):
+            if kind == 8:
+                return string()
+            if kind == 9:
+                item, count = read("<I"), read("<Q")
+                for _ in range(count) if item in (8, 9) else ():
+                    value(item)
+                if item not in (8, 9):
+                    fh.seek(count * struct.calcsize(_SCALARS[item]), 1)
+                return None
+            return read(_SCALARS[kind])
+
+        if fh.read(4) != b"GGUF" or read("<I") < 2:
+            raise ValueError("not a GGUF v2+ file")
+        _, n_kv = read("<Q"), read("<Q")
+        values: dict = {}
+        for _ in range(n_kv):
+            key = string()
+            values[key] = value(read("<I"))
+            if stop(values):
+                break
+        return values
 
 
 def checkpoint_dir(ref: ModelRef, shown: str, *, load_tokenizer) -> Path:
