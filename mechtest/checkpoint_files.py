@@ -1,4 +1,4 @@
-"""Checkpoint files checked before they are trusted: whole safetensors, weights matching the config, readable GGUF.
+"""Checkpoint files checked before they are trusted: whole safetensors, weights matching the config.
 
 Loading refuses what would give silently wrong numbers; every check costs a header read, never the tensors.
 """
@@ -73,19 +73,6 @@ def check_loading_info(info: dict, shown: str) -> None:
              if (names := problems[key])]
     if parts:
         raise ModelLoadError(f"weights of {shown!r} do not match its config: tensors " + "; ".join(parts))
-
-
-def check_gguf(path: Path, shown: str) -> None:
-    """The gguf package is installed and the file parses whole (its reader memory-maps it: no tensor is read)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise ModelLoadError(f"{shown!r} is a GGUF file: install the gguf extra (pip install 'mechtest[gguf]')") from None
-    try:
-        GGUFReader(str(path))
-    except Exception as e:  # struct.error, ValueError, IndexError...: the reader has no error type of its own
-        raise ModelLoadError(f"{shown!r} is not a readable GGUF file ({path.stat().st_size} bytes; truncated or "
-                             f"corrupt?): {first_line(e)}") from None
 
 
 def some(names: list[str], n: int = 4) -> str:

@@ -70,10 +70,41 @@ def header_shape(ref: ModelRef) -> tuple[int, int] | None:
     """(layers, heads) from the GGUF's metadata (``<arch>.block_count``, ``<arch>.attention.head_count``),
     reading the header only as far as those keys (gguf's reader parses the whole vocabulary first)."""
     try:
-        values = _metadata(gguf_path(ref), stop=lambda v: _shape_keys(v) is not None)
-    except (OSError, ValueError, struct.error, UnicodeDecodeError):
+        with open(gguf_path(ref), "rb") as fh:
+            values, _ = _metadata(fh, stop=lambda v: _shape_keys(v) is not None)
+    except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError):
         return None
     return _shape_keys(values)
+
+
+def check_whole(path: Path, shown: str) -> None:
+    """The gguf package is installed, the header parses and the file holds every tensor's bytes (a header
+    read: no tensor is read)."""
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    except ImportError:
+        raise ModelLoadError(f"{shown!r} is a GGUF file: install the gguf extra (pip install 'mechtest[gguf]')") from None
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            values, n_tensors = _metadata(fh, stop=lambda v: False)
+            end = 0
+            for _ in range(n_tensors):
+                fh.read(_read(fh, "<Q"))  # name
+                dims = [_read(fh, "<Q") for _ in range(_read(fh, "<I"))]
+                block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(_read(fh, "<I"))]
+                count = 1
+                for d in dims:
+                    count *= d
+                end = max(end, _read(fh, "<Q") + count // block * nbytes)
+            align = values.get("general.alignment") or 32
+            end += -(-fh.tell() // align) * align
+    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{shown!r} is not a readable GGUF file ({size} bytes; truncated or corrupt?): "
+                             f"{type(e).__name__}: {e}") from None
+    if size < end:
+        raise ModelLoadError(f"{shown!r} is not a readable GGUF file ({size} bytes; truncated or corrupt?): its "
+                             f"tensors end at byte {end}")
 
 
 def _shape_keys(values: dict) -> tuple[int, int] | None:
@@ -85,37 +116,44 @@ def _shape_keys(values: dict) -> tuple[int, int] | None:
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def _metadata(path: Path, stop) -> dict:
-    """GGUF key/value metadata (v2/v3, little-endian), read until ``stop(values)``; arrays are skipped."""
-    with open(path, "rb") as fh:
-        def read(fmt):
-            return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+def _read(fh, fmt: str):
+    data = fh.read(struct.calcsize(fmt))
+    return struct.unpack(fmt, data)[0]  # struct.error when the file ends early
 
-        def string():
-            return fh.read(read("<Q")).decode("utf-8")
 
-        def value(kind):
-            if kind == 8:
-                return string()
-            if kind == 9:
-                item, count = read("<I"), read("<Q")
-                for _ in range(count) if item in (8, 9) else ():
+def _metadata(fh, stop) -> tuple[dict, int]:
+    """GGUF (v2/v3, little-endian) key/value metadata read until ``stop(values)`` (arrays skipped), and the
+    tensor count; ``fh`` is left after the last key read."""
+    def string() -> str:
+        n = _read(fh, "<Q")
+        data = fh.read(n)
+        if len(data) != n:
+            raise ValueError("the file ends inside a string")
+        return data.decode("utf-8")
+
+    def value(kind):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, count = _read(fh, "<I"), _read(fh, "<Q")
+            if item in (8, 9):
+                for _ in range(count):
                     value(item)
-                if item not in (8, 9):
-                    fh.seek(count * struct.calcsize(_SCALARS[item]), 1)
-                return None
-            return read(_SCALARS[kind])
+            else:
+                fh.seek(count * struct.calcsize(_SCALARS[item]), 1)
+            return None
+        return _read(fh, _SCALARS[kind])
 
-        if fh.read(4) != b"GGUF" or read("<I") < 2:
-            raise ValueError("not a GGUF v2+ file")
-        _, n_kv = read("<Q"), read("<Q")
-        values: dict = {}
-        for _ in range(n_kv):
-            key = string()
-            values[key] = value(read("<I"))
-            if stop(values):
-                break
-        return values
+    if fh.read(4) != b"GGUF" or _read(fh, "<I") < 2:
+        raise ValueError("no GGUF v2+ magic")
+    n_tensors, n_kv = _read(fh, "<Q"), _read(fh, "<Q")
+    values: dict = {}
+    for _ in range(n_kv):
+        key = string()
+        values[key] = value(_read(fh, "<I"))
+        if stop(values):
+            break
+    return values, n_tensors
 
 
 def checkpoint_dir(ref: ModelRef, shown: str, *, load_tokenizer) -> Path:
@@ -156,11 +194,11 @@ def _convert(ref: ModelRef, shown: str, target: Path, load_tokenizer) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mechtest import compat
-    from mechtest.checkpoint_files import check_gguf, check_loading_info
+    from mechtest.checkpoint_files import check_loading_info
     from mechtest.checkpoint_files import first_line as _first_line
     from mechtest.model import _quiet_transformers
 
-    check_gguf(gguf_path(ref), shown)
+    check_whole(gguf_path(ref), shown)
     options = {"local_files_only": True, "trust_remote_code": False, "gguf_file": ref.gguf_file}
     try:
         config = AutoConfig.from_pretrained(str(ref.path), **options)
