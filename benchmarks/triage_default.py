@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import random_llama  # noqa: E402
-from mechtest.methods.discovery import discover_circuit, triage_by_default  # noqa: E402
+from mechtest.methods.discovery import discover_circuit, layer_parameters, triage_by_default  # noqa: E402
 from mechtest.model import load_model  # noqa: E402
 from mechtest.tasks.entity_tracking import make_dataset  # noqa: E402
 
@@ -31,6 +31,10 @@ def cases(args):
     yield "random llama 12x12", lambda: random_llama(layers=12, heads=12, hidden=384, intermediate=768), 7
     yield "random llama 24x14 gqa", lambda: random_llama(layers=24, heads=14, hidden=448, intermediate=896,
                                                          kv_heads=2), 7
+    yield "random llama 24x14 gqa, 672 wide", lambda: random_llama(layers=24, heads=14, hidden=672,
+                                                                   intermediate=2304, kv_heads=2), 3
+    yield "random llama 24x14 gqa, Qwen's widths", lambda: random_llama(layers=24, heads=14, hidden=896,
+                                                                        intermediate=4864, kv_heads=2), 3
     if args.gguf:
         yield f"{Path(args.gguf).name} 24x14", lambda: load_model(args.gguf, device="cpu"), args.gguf_boxes
 
@@ -44,7 +48,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="substring of the case names to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("model | heads x tokens | exact CPU s | triage CPU s | exact / triage | same circuit | default")
+    print("model | heads x tokens | layer parameters | exact CPU s | triage CPU s | exact / triage | same circuit | "
+          "default")
     for name, make, n_boxes in cases(args):
         if args.only not in name:
             continue
@@ -58,7 +63,8 @@ def main() -> None:
             times[triage] = time.process_time() - start
             found[triage] = {g: sorted(h) for g, h in d.circuit.groups.items()}
         pick = "triage" if triage_by_default(model, n_boxes=n_boxes) else "exact"
-        print(f"{name} | {model.n_layers * model.n_heads} x {tokens} = {cost} | {times[False]:.1f} | "
+        print(f"{name} | {model.n_layers * model.n_heads} x {tokens} = {cost} | "
+              f"{layer_parameters(model) / 1e6:.0f}M | {times[False]:.1f} | "
               f"{times[True]:.1f} | {times[False] / times[True]:.2f} | {found[False] == found[True]} | {pick}",
               flush=True)
         del model

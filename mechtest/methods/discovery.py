@@ -67,6 +67,14 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
 
 
 
+def layer_parameters(model) -> int:
+    """Parameters outside the embeddings and the LM head: what a forward multiplies per token."""
+    hf = model.hf
+    outside = {id(p) for m in (hf.get_input_embeddings(), hf.get_output_embeddings()) if m is not None
+               for p in m.parameters()}
+    return sum(p.numel() for p in hf.parameters() if id(p) not in outside)
+
+
 def triage_by_default(model, *, n_boxes: int = 7) -> bool:
     """The default of ``discover_circuit(triage=None)``: triage when heads x prompt tokens >= ``TRIAGE_FROM``.
 
