@@ -49,8 +49,17 @@ def _no_conversion(monkeypatch):
 
 
 def test_second_load_reads_the_cache_not_the_gguf(source, tmp_path, cache, monkeypatch):
+    from mechtest import progress
+
     path = _gguf(source, tmp_path / "g")
-    first = load_model(path, device="cpu")
+    monkeypatch.setenv(progress.DELAY_ENV, "0")
+    lines: list[str] = []
+    progress.configure("yes", sink=lines.append, tty=False)
+    try:
+        first = load_model(path, device="cpu")
+    finally:
+        progress.configure()
+    assert lines[0].startswith("mechtest: dequantising tiny.gguf (0 MB, once; later loads read ")  # shown
     entries = [p for p in cache.iterdir()]
     assert len(entries) == 1 and (entries[0] / "model.safetensors").is_file()
     assert not (entries[0] / "tokenizer.json").exists()  # the tokenizer beside the GGUF is read from there
