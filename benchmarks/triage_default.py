@@ -5,7 +5,8 @@
 Times ``discover_circuit(triage=False)`` and ``discover_circuit(triage=True)`` in the same process (CPU
 seconds, so other jobs on the machine matter less) on the trained zoo base (4x4 heads), random Llamas of
 12x12 and 24x14 heads, and the GGUF model when given; prints heads x prompt tokens, both times, their ratio,
-whether both found the same circuit and what ``discover_circuit``'s default (``triage=None``) picks.
+layer and LM-head sizes, whether both found the same circuit and what ``discover_circuit``'s default
+(``triage=None``, :func:`mechtest.methods.discovery.triage_by_default`) picks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import random_llama  # noqa: E402
-from mechtest.methods.discovery import discover_circuit, layer_parameters, triage_by_default  # noqa: E402
+from mechtest.methods.discovery import discover_circuit, layer_parameters, lm_head_size, triage_by_default  # noqa: E402,E501
 from mechtest.model import load_model  # noqa: E402
 from mechtest.tasks.entity_tracking import make_dataset  # noqa: E402
 
@@ -48,8 +49,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="substring of the case names to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("model | heads x tokens | layer parameters | exact CPU s | triage CPU s | exact / triage | same circuit | "
-          "default")
+    print("model | heads x tokens | layer parameters | LM head | exact CPU s | triage CPU s | exact / triage | "
+          "same circuit | default")
     for name, make, n_boxes in cases(args):
         if args.only not in name:
             continue
@@ -62,9 +63,9 @@ def main() -> None:
             d = discover_circuit(model, n_prompts=args.prompts, n_boxes=n_boxes, triage=triage)
             times[triage] = time.process_time() - start
             found[triage] = {g: sorted(h) for g, h in d.circuit.groups.items()}
-        pick = "triage" if triage_by_default(model, n_boxes=n_boxes) else "exact"
+        pick = "triage" if triage_by_default(model) else "exact"
         print(f"{name} | {model.n_layers * model.n_heads} x {tokens} = {cost} | "
-              f"{layer_parameters(model) / 1e6:.0f}M | {times[False]:.1f} | "
+              f"{layer_parameters(model) / 1e6:.0f}M | {lm_head_size(model) / 1e6:.1f}M | {times[False]:.1f} | "
               f"{times[True]:.1f} | {times[False] / times[True]:.2f} | {found[False] == found[True]} | {pick}",
               flush=True)
         del model

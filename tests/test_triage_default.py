@@ -1,4 +1,4 @@
-"""discover_circuit's default: triage from TRIAGE_FROM heads x prompt tokens on, exact path patching below."""
+"""discover_circuit's default: triage for many heads and a large LM head, exact path patching otherwise."""
 
 from __future__ import annotations
 
@@ -32,11 +32,15 @@ def _spy(monkeypatch):
 
 def test_default_is_exact_below_the_rule_and_triage_above(base, monkeypatch):
     calls = _spy(monkeypatch)
-    assert not discovery.triage_by_default(base, n_boxes=3)  # 16 heads x 26 tokens
+    assert not discovery.triage_by_default(base)  # 16 heads, a tiny vocabulary
     exact = discovery.discover_circuit(base, n_prompts=8, n_boxes=3)
     assert calls == []
-    monkeypatch.setattr(discovery, "TRIAGE_FROM", 16 * 26)
-    assert discovery.triage_by_default(base, n_boxes=3) and not discovery.triage_by_default(base, n_boxes=2)
+    size = discovery.lm_head_size(base)
+    monkeypatch.setattr(discovery, "TRIAGE_MIN_HEADS", 16)
+    monkeypatch.setattr(discovery, "TRIAGE_MIN_LM_HEAD", size + 1)
+    assert not discovery.triage_by_default(base)  # both bounds must hold
+    monkeypatch.setattr(discovery, "TRIAGE_MIN_LM_HEAD", size)
+    assert discovery.triage_by_default(base)
     triaged = discovery.discover_circuit(base, n_prompts=8, n_boxes=3)
     assert calls == [1]
     assert discovery.discover_circuit(base, n_prompts=8, n_boxes=3, triage=False).circuit == exact.circuit
