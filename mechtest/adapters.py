@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mechtest.errors import ModelLoadError
-from mechtest.fingerprint import file_digest
+from mechtest.fingerprint import file_digest, side_files
 from mechtest.model_ref import ADAPTER_CONFIG, ModelRef
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -49,13 +49,16 @@ def read_adapter_config(directory: Path) -> dict:
 
 
 def adapter_fingerprint(base_fingerprint: str, directory: Path) -> str:
-    """The merged model's fingerprint: the base's, the adapter's settings (not where its base lay) and the
-    contents of its weights."""
+    """The merged model's fingerprint: the base's, the adapter's settings (not where its base lay), the
+    contents of its weights and of the other files in its folder that may change a result."""
     config = read_adapter_config(directory)
     settings = {k: v for k, v in config.items() if k not in _WHERE_KEYS}
     h = hashlib.sha256(f"adapter:{base_fingerprint}".encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(file_digest(directory / ADAPTER_WEIGHTS).encode())
+    for f in side_files(directory):  # tokenizer, mechtest.json...: what else may change a result
+        if f.name != ADAPTER_CONFIG:
+            h.update(f"side {f.name}:{file_digest(f)}".encode())
     return h.hexdigest()[:32]
 
 
@@ -91,6 +94,6 @@ def _tokenizer(directory: Path, default):
     """The adapter's own tokenizer when one is saved beside it (e.g. added tokens), else the base's."""
     if not any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         return default
-    from mechtest.model import _load_tokenizer
+    from mechtest.checkpoint_config import load_tokenizer
 
-    return _load_tokenizer(ModelRef(text=str(directory), kind="dir", path=directory), str(directory), False)
+    return load_tokenizer(ModelRef(text=str(directory), kind="dir", path=directory), str(directory))

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from mechtest.errors import ModelLoadError
-from mechtest.fingerprint import file_digest
+from mechtest.fingerprint import file_digest, side_files
 from mechtest.model_ref import ModelRef
 
 CACHE_ENV = "MECHTEST_GGUF_CACHE"
@@ -40,8 +40,12 @@ def gguf_path(ref: ModelRef) -> Path:
 
 
 def gguf_fingerprint(ref: ModelRef, dtype) -> str:
-    """What a GGUF model computes: the file's contents and the dtype it is loaded in (no parse needed)."""
-    return hashlib.sha256(f"gguf:{file_digest(gguf_path(ref))}:{dtype}".encode()).hexdigest()[:32]
+    """What a GGUF model computes: the file's contents, the dtype it is loaded in and the tokenizer and task
+    files beside it (:func:`mechtest.fingerprint.side_files`); no parse needed."""
+    h = hashlib.sha256(f"gguf:{file_digest(gguf_path(ref))}:{dtype}".encode())
+    for f in side_files(Path(ref.path), gguf=True):
+        h.update(f"side {f.name}:{file_digest(f)}".encode())
+    return h.hexdigest()[:32]
 
 
 def entry(ref: ModelRef) -> Path:
@@ -156,7 +160,7 @@ def _metadata(fh, stop) -> tuple[dict, int]:
     return values, n_tensors
 
 
-def checkpoint_dir(ref: ModelRef, shown: str, *, load_tokenizer) -> Path:
+def checkpoint_dir(ref: ModelRef, shown: str) -> Path:
     """The cache entry of ``ref``'s GGUF, converting it first when it is not there yet."""
     target = entry(ref)
     if _whole(target):
@@ -166,7 +170,7 @@ def checkpoint_dir(ref: ModelRef, shown: str, *, load_tokenizer) -> Path:
 
     size_mb = gguf_path(ref).stat().st_size / 2**20
     with heartbeat(f"dequantising {ref.gguf_file} ({size_mb:.0f} MB, once; later loads read {target.parent})"):
-        return _convert(ref, shown, target, load_tokenizer)
+        return _convert(ref, shown, target)
 
 
 def _whole(target: Path) -> bool:
@@ -189,27 +193,28 @@ def _discard(target: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _convert(ref: ModelRef, shown: str, target: Path, load_tokenizer) -> Path:
+def _convert(ref: ModelRef, shown: str, target: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mechtest import compat
+    from mechtest.checkpoint_config import NO_REMOTE_CODE
     from mechtest.checkpoint_files import check_loading_info
     from mechtest.checkpoint_files import first_line as _first_line
-    from mechtest.model import _quiet_transformers
+    from mechtest.checkpoint_config import load_tokenizer, quiet_transformers
 
     check_whole(gguf_path(ref), shown)
-    options = {"local_files_only": True, "trust_remote_code": False, "gguf_file": ref.gguf_file}
+    options = {**NO_REMOTE_CODE, "gguf_file": ref.gguf_file}
     try:
         config = AutoConfig.from_pretrained(str(ref.path), **options)
-        with _quiet_transformers():
+        with quiet_transformers():
             hf, info = AutoModelForCausalLM.from_pretrained(
                 str(ref.path), config=config, **{compat.dtype_kwarg(): torch.float32}, attn_implementation="eager",
                 output_loading_info=True, ignore_mismatched_sizes=True, **options)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"could not load {shown!r}: {_first_line(e)}") from None
     check_loading_info(info, shown)
-    tokenizer = None if tokenizer_beside(ref) else load_tokenizer(ref, shown, False)
+    tokenizer = None if tokenizer_beside(ref) else load_tokenizer(ref, shown)
     # what transformers records of the GGUF quantiser: the dequantised weights are plain float32 now
     hf.hf_quantizer = None
     with contextlib.suppress(AttributeError):
@@ -217,7 +222,7 @@ def _convert(ref: ModelRef, shown: str, target: Path, load_tokenizer) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             hf.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)

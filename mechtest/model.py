@@ -11,8 +11,6 @@ unpickled).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,10 +20,11 @@ import torch
 
 from mechtest import compat
 from mechtest.architectures import ArchSpec, arch_for_model_type, supported_model_types
+from mechtest.checkpoint_config import NO_REMOTE_CODE, load_tokenizer, quiet_transformers, read_config
 from mechtest.checkpoint_files import check_loading_info, checked_weight_files
 from mechtest.checkpoint_files import first_line as _first_line
 from mechtest.errors import DeviceError, ModelLoadError
-from mechtest.fingerprint import fingerprint
+from mechtest.fingerprint import fingerprint, side_files
 from mechtest.model_ref import ModelRef, resolve_model
 
 _DTYPES = {
@@ -148,8 +147,11 @@ def load_model(
 
     ``path_or_name`` is a ``ModelRef`` or anything ``resolve_model`` accepts (relative paths: the current
     directory). ``device`` is 'cpu', 'cuda[:N]', 'mps', 'auto' or a ``device_map`` dict; ``dtype`` defaults
-    to the checkpoint's own on CUDA and float32 elsewhere.
+    to the checkpoint's own on CUDA and float32 elsewhere. Code shipped in the checkpoint is never run
+    (``trust_remote_code=True`` is refused).
     """
+    if trust_remote_code:
+        raise ModelLoadError("mechtest never runs code a checkpoint ships: trust_remote_code=True is not supported")
     place, target = placement(device)  # a bogus device fails before anything is read
     ref = path_or_name if isinstance(path_or_name, ModelRef) else resolve_model(path_or_name, base_dir=Path.cwd())
     if ref.path is None:
@@ -157,24 +159,22 @@ def load_model(
     if ref.kind == "adapter":
         from mechtest.adapters import merge_adapter
 
-        base = load_model(ref.base, dtype=dtype, device=device, name=name, trust_remote_code=trust_remote_code,
-                          offload_folder=offload_folder)
+        base = load_model(ref.base, dtype=dtype, device=device, name=name, offload_folder=offload_folder)
         return merge_adapter(base, ref, name=name or _default_name(ref))
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     shown = ref.display
-    source, tokenizer_ref = ref.path, ref
+    files_ref, tokenizer_ref = ref, ref
     if ref.gguf_file:  # dequantised once into a cached checkpoint directory (mechtest.gguf_cache)
         from mechtest import gguf_cache
 
-        source = gguf_cache.checkpoint_dir(ref, shown, load_tokenizer=_load_tokenizer)
-        if not gguf_cache.tokenizer_beside(ref) and (source / "tokenizer_config.json").is_file():
-            tokenizer_ref = ModelRef(text=ref.text, kind="dir", path=source)
-    options = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    try:
-        config = AutoConfig.from_pretrained(str(source), **options)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"could not read the config of {shown!r}: {_first_line(e)}") from None
+        files_ref = ModelRef(text=ref.text, kind="dir",
+                             path=gguf_cache.checkpoint_dir(ref, shown, ))
+        if not gguf_cache.tokenizer_beside(ref) and (files_ref.path / "tokenizer_config.json").is_file():
+            tokenizer_ref = files_ref
+    source = files_ref.path
+    options = dict(NO_REMOTE_CODE)
+    config = read_config(files_ref, shown)
     arch = arch_for_model_type(config.model_type)  # clear error listing the supported ones
     declared = getattr(config, "architectures", None) or []
     if declared and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in declared):
@@ -188,7 +188,7 @@ def load_model(
         if offload_folder is not None:
             place["offload_folder"] = str(offload_folder)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             hf, info = AutoModelForCausalLM.from_pretrained(
                 str(source), **{compat.dtype_kwarg(): torch_dtype}, attn_implementation="eager",
                 output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=True, **options, **place,
@@ -200,7 +200,7 @@ def load_model(
     except (OSError, RuntimeError, KeyError) as e:
         raise ModelLoadError(f"could not load the weights of {shown!r}: {_first_line(e)}") from None
     check_loading_info(info, shown)
-    tokenizer = _load_tokenizer(tokenizer_ref, shown, trust_remote_code)
+    tokenizer = load_tokenizer(tokenizer_ref, shown)
 
     if not place and target != "cpu":
         hf.to(torch.device(target))
@@ -219,8 +219,8 @@ def load_model(
         vocab_size=int(hf.get_output_embeddings().weight.shape[0]),
         dtype=torch_dtype,
         device=_input_device(hf),
-        fingerprint=_gguf_fingerprint(ref, torch_dtype) if ref.gguf_file else fingerprint(config, torch_dtype,
-                                                                                           weight_files),
+        fingerprint=_gguf_fingerprint(ref, torch_dtype) if ref.gguf_file else fingerprint(
+            config, torch_dtype, weight_files, side_files(ref.path)),
         ref=ref,
     )
 
@@ -232,8 +232,6 @@ def checkpoint_fingerprint(ref: ModelRef, *, dtype=None, device=None) -> str:
     rerun can look its claim results up before deciding to load a 7B model at all. A GGUF is not parsed
     (its fingerprint is its contents' hash); an adapter's combines its base's with its own files.
     """
-    from transformers import AutoConfig
-
     _, target = placement(device)
     if ref.path is None:
         raise ModelLoadError(f"model {ref.text!r} has no local files")
@@ -243,12 +241,9 @@ def checkpoint_fingerprint(ref: ModelRef, *, dtype=None, device=None) -> str:
         return adapter_fingerprint(checkpoint_fingerprint(ref.base, dtype=dtype, device=device), ref.path)
     if ref.gguf_file:
         return _gguf_fingerprint(ref, resolve_dtype(dtype, device=target, config=None))
-    try:
-        config = AutoConfig.from_pretrained(str(ref.path), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"could not read the config of {ref.display!r}: {_first_line(e)}") from None
+    config = read_config(ref, ref.display)
     files = checked_weight_files(ref.path, ref.display)
-    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files)
+    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files, side_files(ref.path))
 
 
 def _gguf_fingerprint(ref: ModelRef, dtype) -> str:
@@ -267,58 +262,6 @@ def _require_accelerate(device) -> None:
     except ImportError:
         raise DeviceError(f"device {device!r} places layers with accelerate: "
                           "pip install 'mechtest[multi-gpu]'") from None
-
-
-def _load_tokenizer(ref: ModelRef, shown: str, trust_remote_code: bool):
-    """The checkpoint's tokenizer; a GGUF's own only when no tokenizer files sit beside it."""
-    from transformers import AutoTokenizer
-
-    beside = any((ref.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-    extra = {"gguf_file": ref.gguf_file} if ref.gguf_file and not beside else {}
-    try:
-        with _quiet_transformers():
-            tokenizer = _tokenizer_class(ref.path, AutoTokenizer).from_pretrained(
-                str(ref.path), trust_remote_code=trust_remote_code, local_files_only=True, **extra)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ModelLoadError(f"no usable tokenizer in {shown!r}: {_first_line(e)}") from None
-    if tokenizer is None or isinstance(tokenizer, bool):
-        raise ModelLoadError(f"no usable tokenizer in {shown!r}")
-    return tokenizer
-
-
-def _tokenizer_class(directory: Path | None, default):
-    """The checkpoint's own generic fast tokenizer wins over the model type's tokenizer class.
-
-    transformers 5 maps some model types (e.g. qwen2) to their own tokenizer class, which would
-    re-process a plain ``tokenizer.json`` saved by ``PreTrainedTokenizerFast`` differently.
-    """
-    config = directory / "tokenizer_config.json" if directory is not None else None
-    if config is not None and config.is_file():
-        try:
-            declared = json.loads(config.read_text()).get("tokenizer_class")
-        except (json.JSONDecodeError, AttributeError):
-            declared = None
-        if declared in compat.GENERIC_TOKENIZER_CLASSES:
-            from transformers import PreTrainedTokenizerFast
-
-            return PreTrainedTokenizerFast
-    return default
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' load report repeats what ``check_loading_info`` raises as one line; silence it and its bars."""
-    from transformers.utils import logging as hf_logging
-
-    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # captured under pytest anyway; mechtest.progress shows long loads
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _input_device(hf) -> torch.device:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
+from mechtest.result_cache import ResultCache
 
 
 @dataclass(frozen=True)
@@ -27,36 +28,37 @@ class PlanRow:
     note: str = ""
 
 
-def plan_rows(api, items, *, timed: bool = True, loads: bool = False) -> list[PlanRow]:
+def plan_rows(service, items, *, timed: bool = True, loads: bool = False) -> list[PlanRow]:
     """One row per claim item (objects with ``claim`` and ``model_name``), cheapest facts first.
 
     A circuit discovery several claims share (``discovered:<model>``, a verdict's base) is costed once, on its
     ``discover_prompts``, with the first uncached claim that needs it. Only models with uncached work are timed
     (a fully cached run loads nothing); ``loads`` adds one row per such model with its measured load time.
     """
-    from mechtest.metrics import path_patching_forwards
+    from mechtest.metrics.path_patching import path_patching_forwards
     from mechtest.runner import cache_key
 
     rows, discovered, timed_models = [], set(), {}
     for item in items:
         claim, name = item.claim, item.model_name
         metric = get_metric(claim.metric)
-        n = api.n_prompts(claim.max_prompts if claim.n_prompts == "auto" else claim.n_prompts)
-        missing = [m for m in (name, *metric.models_needed(claim.params)) if not api.is_configured(m)]
+        n = service.n_prompts(claim.max_prompts if claim.n_prompts == "auto" else claim.n_prompts)
+        missing = [m for m in (name, *metric.models_needed(claim.params)) if not service.is_configured(m)]
         if missing:
             rows.append(PlanRow(claim.id, name, claim.metric, n, 0, False, None, f"skipped: {missing[0]} not configured"))
             continue
         try:
-            key = cache_key(api, claim, metric, name)
-            cached = key is not None and api.results.get(key) is not None
-            costs = [(name, metric.forwards(claim, n, heads_total(api, name)))]
-            n_disc = api.n_prompts(claim.get("discover_prompts") or n)
+            key = cache_key(service, claim, metric, name)
+            cached = key is not None and ResultCache(service.settings.cache_dir).get(
+                key, claim_id=claim.id, model=name) is not None
+            costs = [(name, metric.forwards(claim, n, heads_total(service, name)))]
+            n_disc = service.n_prompts(claim.get("discover_prompts") or n)
             for model in [] if cached else metric.discoveries(claim, name):
-                found = (model, n_disc, claim.seed, claim.n_boxes or api.n_boxes(model))
+                found = (model, n_disc, claim.seed, claim.n_boxes or service.n_boxes(model))
                 if found not in discovered:
                     discovered.add(found)
-                    costs.append((model, path_patching_forwards(n_disc, heads_total(api, model))))
-            per_forward = {m: _time_one_forward(api, m) for m, _ in costs} if timed and not cached else {}
+                    costs.append((model, path_patching_forwards(n_disc, heads_total(service, model))))
+            per_forward = {m: _time_one_forward(service, m) for m, _ in costs} if timed and not cached else {}
             timed_models.update(per_forward)
         except MechtestError as e:
             rows.append(PlanRow(claim.id, name, claim.metric, n, 0, False, None, f"error: {e}"))
@@ -65,7 +67,7 @@ def plan_rows(api, items, *, timed: bool = True, loads: bool = False) -> list[Pl
         seconds = sum(f * per_forward[m] for m, f in costs) if per_forward else None
         rows.append(PlanRow(claim.id, name, claim.metric, n, forwards, cached, seconds))
     if loads:
-        rows += [PlanRow("(load)", m, "load", 0, 0, False, api._memo.get(("seconds to load", m))) for m in timed_models]
+        rows += [PlanRow("(load)", m, "load", 0, 0, False, service.memo.get(("seconds to load", m))) for m in timed_models]
     return rows
 
 
@@ -91,12 +93,12 @@ def plan_lines(rows: list[PlanRow]) -> list[str]:
     return lines
 
 
-def heads_total(api, name: str) -> int:
+def heads_total(service, name: str) -> int:
     """Layers x heads without loading the model: from config.json; an adapter's base's; a GGUF's converted
     config when cached, else its metadata. A model whose shape cannot be read is an error naming it."""
     from mechtest.errors import ModelLoadError
 
-    ref = api.models.ref(name)
+    ref = service.models.ref(name)
     ref = ref.base if ref.kind == "adapter" else ref
     if ref.gguf_file:
         from mechtest import gguf_cache
@@ -119,21 +121,21 @@ def heads_total(api, name: str) -> int:
         raise ModelLoadError(f"the config of {ref.display!r} gives no layer and head counts") from None
 
 
-def _time_one_forward(api, name: str) -> float:
+def _time_one_forward(service, name: str) -> float:
     """Seconds of one forward pass of one evaluation prompt (best of three, after a warm-up)."""
     import torch
 
     from mechtest.tasks.entity_tracking import make_dataset
 
     key = ("seconds per forward", name)
-    if key in api._memo:  # progress lines ask once per claim: time each model once per session
-        return api._memo[key]
-    loaded = name in api.models.resident
+    if key in service.memo:  # progress lines ask once per claim: time each model once per session
+        return service.memo[key]
+    loaded = name in service.models.resident
     start = time.perf_counter()
-    model = api.model(name)
+    model = service.model(name)
     if not loaded:
-        api._memo[("seconds to load", name)] = time.perf_counter() - start
-    data = make_dataset(model.tokenizer, 1, n_boxes=api.n_boxes(name), seed=0)
+        service.memo[("seconds to load", name)] = time.perf_counter() - start
+    data = make_dataset(model.tokenizer, 1, n_boxes=service.n_boxes(name), seed=0)
     ids = data.input_ids.to(model.device)
     best = float("inf")
     with torch.no_grad():
@@ -141,7 +143,7 @@ def _time_one_forward(api, name: str) -> float:
             start = time.perf_counter()
             model.hf(ids)
             best = min(best, time.perf_counter() - start)
-    api._memo[key] = best
+    service.memo[key] = best
     return best
 
 

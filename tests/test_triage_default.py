@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import mechtest.methods.cached as cached
 import mechtest.methods.discovery as discovery
-import mechtest.methods.path_patching.attribution as attribution
 from mechtest.model import load_model
 
 ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
@@ -19,14 +19,15 @@ def base():
 
 
 def _spy(monkeypatch):
+    """Records each discovery's triage choice: 1 for triage."""
     calls = []
-    real = attribution.triage
+    real = cached.cached_path_patching
 
     def spy(*args, **kwargs):
-        calls.append(1)
+        calls.extend([1] if kwargs["triage"] else [])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attribution, "triage", spy)
+    monkeypatch.setattr(cached, "cached_path_patching", spy)
     return calls
 
 

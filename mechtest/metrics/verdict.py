@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from mechtest.metrics import Field, Metric, Outcome, register_metric
+from mechtest.metrics.base import Field, Metric, Outcome, register_metric
 
 
 @register_metric
 class Verdict(Metric):
     name = "verdict"
     expects = "verdict"
+    decision_rule = "the verdict's checks (below)"
     description = "base-vs-candidate comparison of the mechanism: preserved / not preserved / inconclusive"
     fields = {"base": Field("model", required=True)}
 
@@ -22,8 +23,8 @@ class Verdict(Metric):
     def discoveries(self, claim, model):
         return [claim.get("base"), model]  # the base's is shared by every candidate
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
-        comparison = api.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
+        comparison = service.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
                                  n_discover=claim.get("discover_prompts"))
         data = comparison.to_dict()
         details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
