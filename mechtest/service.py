@@ -128,9 +128,10 @@ class Service:
         """Circuit discovery on ``model`` (:func:`mechtest.methods.discovery.discover_circuit`, the one recipe)
         with the paper's sizes scaled to its head count; path-patching scores through the activation cache;
         ``triage=None``: triage where it was measured faster (:func:`mechtest.methods.discovery.triage_by_default`)."""
-        from mechtest.methods.discovery import discover_circuit
+        from mechtest.methods.discovery import discover_circuit, triage_by_default
 
         model, n, n_boxes = self._sample(model, n, n_boxes, seed, DEFAULT_DISCOVERY_PROMPTS)
+        triage = triage_by_default(model) if triage is None else triage
         return self.memoised(("discover", model.name, n, n_boxes, seed, triage, minimal),
                              lambda: discover_circuit(model, n_prompts=n, n_boxes=n_boxes, seed=seed, triage=triage,
                                                       minimal=minimal, cache=self.cache))

@@ -11,6 +11,7 @@ import mechtest.methods.discovery as discovery
 from mechtest.model import load_model
 
 ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+pytestmark = pytest.mark.slow  # three discoveries
 
 
 @pytest.fixture(scope="module")
