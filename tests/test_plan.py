@@ -39,6 +39,7 @@ def test_plan_prints_costs_and_runs_nothing(pytester, tmp_path):
         "3 claims: 280 forward passes to run (0 claims cached), estimated*",
     ])
     assert "passed" not in result.stdout.str() and not (tmp_path / "claims").exists()
+    assert "RUN INTERRUPTED" not in result.stdout.str() and "mechtest claims" not in result.stdout.str()
 
 
 def test_plan_marks_cached_claims(pytester, tmp_path):
