@@ -2,7 +2,7 @@
 
 ``pytest --mechtest-plan`` collects, then prints one row per claim and model instead of running anything
 heavy: the forward passes its metric needs (the metric's ``forwards``), whether its result is already in
-the claim-result cache, and seconds estimated from one timed forward of each model on the chosen device.
+the claim-result cache, and seconds estimated from a timed batched forward of each model with uncached work.
 """
 
 from __future__ import annotations
