@@ -8,9 +8,11 @@ passes ``trust_remote_code=False`` at every transformers call (``NO_REMOTE_CODE`
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+from mechtest import compat
 from mechtest.architectures import arch_for_model_type, supported_model_types
 from mechtest.errors import ModelLoadError
 
@@ -68,3 +70,56 @@ def _json_object(path: Path, shown: str) -> dict:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def load_tokenizer(ref, shown: str):
+    """The checkpoint's tokenizer; a GGUF's own only when no tokenizer files sit beside it."""
+    from transformers import AutoTokenizer
+
+    beside = any((ref.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    extra = {"gguf_file": ref.gguf_file} if ref.gguf_file and not beside else {}
+    try:
+        with quiet_transformers():
+            tokenizer = _tokenizer_class(ref.path, AutoTokenizer).from_pretrained(
+                str(ref.path), **NO_REMOTE_CODE, **extra)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelLoadError(f"no usable tokenizer in {shown!r}{remote_code_note(ref.path) or ': ' + _first_line(e)}"
+                             ) from None
+    if tokenizer is None or isinstance(tokenizer, bool):
+        raise ModelLoadError(f"no usable tokenizer in {shown!r}")
+    return tokenizer
+
+
+def _tokenizer_class(directory: Path | None, default):
+    """The checkpoint's own generic fast tokenizer wins over the model type's tokenizer class.
+
+    transformers 5 maps some model types (e.g. qwen2) to their own tokenizer class, which would
+    re-process a plain ``tokenizer.json`` saved by ``PreTrainedTokenizerFast`` differently.
+    """
+    config = directory / "tokenizer_config.json" if directory is not None else None
+    if config is not None and config.is_file():
+        try:
+            declared = json.loads(config.read_text()).get("tokenizer_class")
+        except (json.JSONDecodeError, AttributeError):
+            declared = None
+        if declared in compat.GENERIC_TOKENIZER_CLASSES:
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast
+    return default
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' load report repeats what ``check_loading_info`` raises as one line; silence it and its bars."""
+    from transformers.utils import logging as hf_logging
+
+    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # captured under pytest anyway; mechtest.progress shows long loads
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()

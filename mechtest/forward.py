@@ -71,10 +71,10 @@ def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: Edi
 
 
 def progress_bar(iterable, desc: str | None, total: int):
-    """A tqdm bar when there is enough work to wait for; silent otherwise."""
-    if desc is None or total < 4:
+    """A progress line for ``desc`` (:mod:`mechtest.progress`: shown only when the step runs long); none for None."""
+    if desc is None:
         return iterable
-    from tqdm.auto import tqdm
+    from mechtest.progress import steps
 
-    return tqdm(iterable, desc=desc, total=total, leave=False)
+    return steps(iterable, desc, total)
 

@@ -11,8 +11,6 @@ unpickled).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,7 +20,9 @@ import torch
 
 from mechtest import compat
 from mechtest.architectures import ArchSpec, arch_for_model_type, supported_model_types
-from mechtest.checkpoint_config import NO_REMOTE_CODE, read_config, remote_code_note
+from mechtest.checkpoint_config import NO_REMOTE_CODE, load_tokenizer, quiet_transformers, read_config
+from mechtest.checkpoint_files import check_loading_info, checked_weight_files
+from mechtest.checkpoint_files import first_line as _first_line
 from mechtest.errors import DeviceError, ModelLoadError
 from mechtest.fingerprint import fingerprint, side_files
 from mechtest.model_ref import ModelRef, resolve_model
@@ -32,7 +32,6 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DEVICE_RE = re.compile(r"(cpu|mps|auto|cuda(:\d+)?)")
 
 
@@ -157,33 +156,42 @@ def load_model(
     ref = path_or_name if isinstance(path_or_name, ModelRef) else resolve_model(path_or_name, base_dir=Path.cwd())
     if ref.path is None:
         raise ModelLoadError(f"model {ref.text!r} has no local files")
+    if ref.kind == "adapter":
+        from mechtest.adapters import merge_adapter
+
+        base = load_model(ref.base, dtype=dtype, device=device, name=name, offload_folder=offload_folder)
+        return merge_adapter(base, ref, name=name or _default_name(ref))
     from transformers import AutoModelForCausalLM
 
     shown = ref.display
-    source = str(ref.path)
-    gguf = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-    if gguf:
-        _check_gguf(ref.path / ref.gguf_file, shown)
-    options = {**NO_REMOTE_CODE, **gguf}
-    config = read_config(ref, shown)
+    files_ref, tokenizer_ref = ref, ref
+    if ref.gguf_file:  # dequantised once into a cached checkpoint directory (mechtest.gguf_cache)
+        from mechtest import gguf_cache
+
+        files_ref = ModelRef(text=ref.text, kind="dir",
+                             path=gguf_cache.checkpoint_dir(ref, shown, ))
+        if not gguf_cache.tokenizer_beside(ref) and (files_ref.path / "tokenizer_config.json").is_file():
+            tokenizer_ref = files_ref
+    source = files_ref.path
+    options = dict(NO_REMOTE_CODE)
+    config = read_config(files_ref, shown)
     arch = arch_for_model_type(config.model_type)  # clear error listing the supported ones
     declared = getattr(config, "architectures", None) or []
     if declared and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in declared):
         # loading it anyway would attach a randomly initialised LM head: silently wrong numbers
         raise ModelLoadError(f"{shown!r} is a {', '.join(declared)} checkpoint, not a causal language model")
-    weight_files = [ref.path / ref.gguf_file] if gguf else checked_weight_files(ref.path, shown)
+    weight_files = checked_weight_files(source, shown)
 
-    torch_dtype = resolve_dtype(dtype, device=target, config=config)
+    torch_dtype = resolve_dtype(dtype, device=target, config=None if ref.gguf_file else config)
     if place:
         _require_accelerate(device)
         if offload_folder is not None:
             place["offload_folder"] = str(offload_folder)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             hf, info = AutoModelForCausalLM.from_pretrained(
-                source, **{compat.dtype_kwarg(): torch_dtype}, attn_implementation="eager",
-                output_loading_info=True, ignore_mismatched_sizes=True,
-                **({} if gguf else {"use_safetensors": True}), **options, **place,
+                str(source), **{compat.dtype_kwarg(): torch_dtype}, attn_implementation="eager",
+                output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=True, **options, **place,
             )
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
@@ -191,8 +199,8 @@ def load_model(
         raise ModelLoadError(f"could not load {shown!r}: {_first_line(e)}") from None
     except (OSError, RuntimeError, KeyError) as e:
         raise ModelLoadError(f"could not load the weights of {shown!r}: {_first_line(e)}") from None
-    _check_loading_info(info, shown)
-    tokenizer = _load_tokenizer(ref, shown)
+    check_loading_info(info, shown)
+    tokenizer = load_tokenizer(tokenizer_ref, shown)
 
     if not place and target != "cpu":
         hf.to(torch.device(target))
@@ -211,7 +219,8 @@ def load_model(
         vocab_size=int(hf.get_output_embeddings().weight.shape[0]),
         dtype=torch_dtype,
         device=_input_device(hf),
-        fingerprint=fingerprint(config, torch_dtype, weight_files, side_files(ref.path, gguf=bool(gguf))),
+        fingerprint=_gguf_fingerprint(ref, torch_dtype) if ref.gguf_file else fingerprint(
+            config, torch_dtype, weight_files, side_files(ref.path)),
         ref=ref,
     )
 
@@ -220,95 +229,31 @@ def checkpoint_fingerprint(ref: ModelRef, *, dtype=None, device=None) -> str:
     """The fingerprint ``load_model(ref, dtype=, device=)`` would give, without loading any weight.
 
     Reads the config and hashes the weight files (memoised per file identity for large ones), so a warm
-    rerun can look its claim results up before deciding to load a 7B model at all.
+    rerun can look its claim results up before deciding to load a 7B model at all. A GGUF is not parsed
+    (its fingerprint is its contents' hash); an adapter's combines its base's with its own files.
     """
     _, target = placement(device)
     if ref.path is None:
         raise ModelLoadError(f"model {ref.text!r} has no local files")
+    if ref.kind == "adapter":
+        from mechtest.adapters import adapter_fingerprint
+
+        return adapter_fingerprint(checkpoint_fingerprint(ref.base, dtype=dtype, device=device), ref.path)
+    if ref.gguf_file:
+        return _gguf_fingerprint(ref, resolve_dtype(dtype, device=target, config=None))
     config = read_config(ref, ref.display)
-    files = [ref.path / ref.gguf_file] if ref.gguf_file else checked_weight_files(ref.path, ref.display)
-    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files,
-                       side_files(ref.path, gguf=bool(ref.gguf_file)))
+    files = checked_weight_files(ref.path, ref.display)
+    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files, side_files(ref.path))
+
+
+def _gguf_fingerprint(ref: ModelRef, dtype) -> str:
+    from mechtest.gguf_cache import gguf_fingerprint
+
+    return gguf_fingerprint(ref, dtype)
 
 
 def supported_architectures() -> list[str]:
     return supported_model_types()
-
-
-# --- checkpoint integrity -----------------------------------------------------------------------------
-
-def checked_weight_files(directory: Path, shown: str | None = None) -> list[Path]:
-    """The safetensors files ``from_pretrained`` will read, each checked to be whole; pickles are refused.
-
-    Checks cost a header read per file, never the tensors.
-    """
-    shown = shown or str(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ModelLoadError(f"{index.name} in {shown!r} is not a valid safetensors index") from None
-        missing = [s for s in shards if not (directory / s).is_file()]
-        if missing:
-            raise ModelLoadError(f"{shown!r} is incomplete: {index.name} names shard{'s' if len(missing) > 1 else ''} "
-                                 f"that {'are' if len(missing) > 1 else 'is'} missing: {_some(missing)}")
-        files = [directory / s for s in shards]
-    elif (directory / "model.safetensors").is_file():
-        files = [directory / "model.safetensors"]
-    else:
-        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file())
-        if pickles:
-            raise ModelLoadError(
-                f"{shown!r} holds only pickle weights ({_some(pickles)}); mechtest never unpickles: convert "
-                "them to safetensors where you trust them (save_pretrained(..., safe_serialization=True))")
-        raise ModelLoadError(f"no weights in {shown!r}: expected model.safetensors or model.safetensors.index.json")
-    for f in files:
-        _check_safetensors(f, shown)
-    return files
-
-
-def _check_safetensors(path: Path, shown: str) -> None:
-    """One-line error unless the file's header parses and its tensors end exactly where the file does."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            header = json.loads(fh.read(n)) if 0 <= n <= size - 8 and n <= 100 * 2**20 else None
-    except (OSError, ValueError):
-        header = None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path.name} in {shown!r} is not a readable safetensors file "
-                             f"({size} bytes; truncated or corrupt?)")
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
-    expected = 8 + n + max(ends, default=0)
-    if size < expected:
-        raise ModelLoadError(f"{path.name} in {shown!r} is truncated: {size} of {expected} bytes "
-                             "(an interrupted download or copy?)")
-
-
-def _check_loading_info(info: dict, shown: str) -> None:
-    problems = compat.loading_problems(info)
-    parts = [f"{len(names)} {label} ({_some(names)})" for key, label in
-             (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "of another shape"))
-             if (names := problems[key])]
-    if parts:
-        raise ModelLoadError(f"weights of {shown!r} do not match its config: tensors " + "; ".join(parts))
-
-
-def _check_gguf(path: Path, shown: str) -> None:
-    """The gguf package is installed and the file parses whole (its reader memory-maps it: no tensor is read)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise ModelLoadError(f"{shown!r} is a GGUF file: install the gguf extra (pip install 'mechtest[gguf]')") from None
-    try:
-        GGUFReader(str(path))
-    except Exception as e:  # struct.error, ValueError, IndexError...: the reader has no error type of its own
-        raise ModelLoadError(f"{shown!r} is not a readable GGUF file ({path.stat().st_size} bytes; truncated or "
-                             f"corrupt?): {_first_line(e)}") from None
 
 
 def _require_accelerate(device) -> None:
@@ -317,56 +262,6 @@ def _require_accelerate(device) -> None:
     except ImportError:
         raise DeviceError(f"device {device!r} places layers with accelerate: "
                           "pip install 'mechtest[multi-gpu]'") from None
-
-
-def _load_tokenizer(ref: ModelRef, shown: str):
-    """The checkpoint's tokenizer; a GGUF's own only when no tokenizer files sit beside it."""
-    from transformers import AutoTokenizer
-
-    beside = any((ref.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-    extra = {"gguf_file": ref.gguf_file} if ref.gguf_file and not beside else {}
-    try:
-        with _quiet_transformers():
-            tokenizer = _tokenizer_class(ref.path, AutoTokenizer).from_pretrained(
-                str(ref.path), **NO_REMOTE_CODE, **extra)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ModelLoadError(f"no usable tokenizer in {shown!r}{remote_code_note(ref.path) or ': ' + _first_line(e)}"
-                             ) from None
-    if tokenizer is None or isinstance(tokenizer, bool):
-        raise ModelLoadError(f"no usable tokenizer in {shown!r}")
-    return tokenizer
-
-
-def _tokenizer_class(directory: Path | None, default):
-    """The checkpoint's own generic fast tokenizer wins over the model type's tokenizer class.
-
-    transformers 5 maps some model types (e.g. qwen2) to their own tokenizer class, which would
-    re-process a plain ``tokenizer.json`` saved by ``PreTrainedTokenizerFast`` differently.
-    """
-    config = directory / "tokenizer_config.json" if directory is not None else None
-    if config is not None and config.is_file():
-        try:
-            declared = json.loads(config.read_text()).get("tokenizer_class")
-        except (json.JSONDecodeError, AttributeError):
-            declared = None
-        if declared in compat.GENERIC_TOKENIZER_CLASSES:
-            from transformers import PreTrainedTokenizerFast
-
-            return PreTrainedTokenizerFast
-    return default
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' load report repeats what ``_check_loading_info`` raises as one line; silence it."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
 
 
 def _input_device(hf) -> torch.device:
@@ -382,11 +277,3 @@ def _default_name(ref: ModelRef) -> str:
         return Path(ref.gguf_file).stem
     return ref.path.name
 
-
-def _some(names: list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

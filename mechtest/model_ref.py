@@ -1,13 +1,15 @@
 """Model names as the ecosystem spells them, resolved to files on disk before anything heavy loads.
 
 ``resolve_model`` turns what a user types (``./ckpt``, ``~/models/x``, ``model.gguf``, ``gpt2``,
-``org/name@revision``) into a ``ModelRef`` naming one local directory (and GGUF file). It is torch-free and,
+``org/name@revision``, a PEFT adapter directory, ``BASE+ADAPTER_DIR``) into a ``ModelRef`` naming one local
+directory (and GGUF file; for an adapter, the adapter directory and its base's ``ModelRef``). It is torch-free and,
 unless the user opts in with ``MECHTEST_ALLOW_DOWNLOAD=1``, makes no network call: a hub id resolves through
 the local Hugging Face cache only. A name found nowhere fails at once with one line saying where it looked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Literal
 from mechtest.errors import ModelLoadError
 
 ALLOW_DOWNLOAD_ENV = "MECHTEST_ALLOW_DOWNLOAD"
+ADAPTER_CONFIG = "adapter_config.json"
 # what a download fetches: config, tokenizer and safetensors weights; never pickles, never every GGUF quant
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 # hub ids: "name" or "org/name", optionally "@revision" (a branch, tag or commit; may contain "/")
@@ -29,15 +32,18 @@ class ModelRef:
     """Where a model's files are: ``path`` is the checkpoint directory (for a GGUF, the folder holding it)."""
 
     text: str  # what the user wrote
-    kind: Literal["dir", "gguf", "hub"]
+    kind: Literal["dir", "gguf", "hub", "adapter"]
     path: Path | None  # local directory; for "hub", the cached snapshot (None only before a download)
     hub_id: str | None = None
     revision: str | None = None
     gguf_file: str | None = None  # file name inside ``path`` when the weights are a GGUF file
+    base: ModelRef | None = None  # for "adapter": the model the adapter in ``path`` is applied to
 
     @property
     def display(self) -> str:
-        """A short name for reports: the hub id, else the directory or file name."""
+        """A short name for reports: the hub id, else the directory or file name (``base+adapter``)."""
+        if self.base is not None:
+            return f"{self.base.display}+{self.path}"
         if self.hub_id:
             return self.hub_id + (f"@{self.revision}" if self.revision else "")
         if self.gguf_file and self.path is not None:
@@ -71,11 +77,17 @@ def resolve_model(ref: str | os.PathLike, *, base_dir: str | os.PathLike) -> Mod
     text = os.fspath(ref).strip()
     if not text:
         raise ModelLoadError("empty model name: give a checkpoint directory, a .gguf file or a hub id")
-    local = Path(text).expanduser()
-    if not local.is_absolute():
-        local = Path(base_dir).expanduser() / local
+    local = _local_path(text, base_dir)
     if local.exists():
         return _local_ref(text, local.resolve())
+    if "+" in text:  # BASE+ADAPTER_DIR: the adapter applied to any model ref (the last '+' splits)
+        base_text, _, adapter_text = text.rpartition("+")
+        if base_text.strip() and adapter_text.strip():
+            adapter = _local_path(adapter_text.strip(), base_dir)
+            if not adapter.is_dir():
+                raise ModelLoadError(f"adapter {adapter_text.strip()!r} in {text!r} is not a directory "
+                                     f"({str(adapter)!r})")
+            return _adapter_ref(text, adapter.resolve(), resolve_model(base_text, base_dir=base_dir))
     if _looks_like_path(text, Path(base_dir).expanduser()):
         raise ModelLoadError(f"checkpoint not found: {str(local)!r} does not exist")
 
@@ -94,25 +106,60 @@ def resolve_model(ref: str | os.PathLike, *, base_dir: str | os.PathLike) -> Mod
             f"{' at revision ' + repr(revision) if revision else ''} in the Hugging Face cache {str(cache)!r} "
             f"(set {ALLOW_DOWNLOAD_ENV}=1 to download it)")
     inner = _local_ref(text, snapshot)
+    if inner.kind == "adapter":  # an adapter repo in the cache: its base was resolved from its config
+        return inner
     return ModelRef(text=text, kind="hub", path=inner.path, hub_id=hub_id, revision=revision,
                     gguf_file=inner.gguf_file)
 
 
+def _local_path(text: str, base_dir) -> Path:
+    local = Path(text).expanduser()
+    return local if local.is_absolute() else Path(base_dir).expanduser() / local
+
+
+def _adapter_ref(text: str, adapter: Path, base: ModelRef | None) -> ModelRef:
+    """A PEFT adapter directory on ``base``, or on the model its ``adapter_config.json`` names (resolved as a
+    model ref, relative paths against the adapter directory)."""
+    card = adapter / ADAPTER_CONFIG
+    if not card.is_file():
+        raise ModelLoadError(f"no {ADAPTER_CONFIG} in adapter directory {str(adapter)!r}: not a PEFT adapter")
+    if base is None:
+        try:
+            named = json.loads(card.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise ModelLoadError(f"{card}: not a JSON object") from None
+        if not isinstance(named, str) or not named.strip():
+            raise ModelLoadError(f"{card} names no base model (base_model_name_or_path): "
+                                 f"name it as BASE+{text}")
+        try:
+            base = resolve_model(named, base_dir=adapter)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"base model of adapter {text!r}: {e}; or name the base: NAME=BASE+{text}") from None
+    if base.kind == "adapter":
+        raise ModelLoadError(f"{text!r}: the base of an adapter cannot be another adapter "
+                             f"({base.text!r}); merge that one first (python -m mechtest.export)")
+    return ModelRef(text=text, kind="adapter", path=adapter, base=base)
+
+
 def _local_ref(text: str, path: Path) -> ModelRef:
-    """A directory with config.json, a .gguf file, or a directory holding exactly one .gguf."""
+    """A directory with config.json, a PEFT adapter directory, a .gguf file, or a directory holding exactly
+    one .gguf."""
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return ModelRef(text=text, kind="gguf", path=path.parent, gguf_file=path.name)
         raise ModelLoadError(f"checkpoint {text!r} is a file; give the checkpoint directory (or a .gguf file)")
     if (path / "config.json").is_file():
         return ModelRef(text=text, kind="dir", path=path)
+    if (path / ADAPTER_CONFIG).is_file():
+        return _adapter_ref(text, path, None)
     ggufs = sorted(p.name for p in path.glob("*.gguf") if p.is_file())
     if len(ggufs) == 1:
         return ModelRef(text=text, kind="gguf", path=path, gguf_file=ggufs[0])
     if len(ggufs) > 1:
         raise ModelLoadError(f"{text!r} holds {len(ggufs)} GGUF files ({', '.join(ggufs)}); name one, "
                              f"e.g. {str(path / ggufs[0])!r}")
-    raise ModelLoadError(f"no config.json in {text!r}: not a Hugging Face checkpoint directory (nor a GGUF)")
+    raise ModelLoadError(f"no config.json in {text!r}: not a Hugging Face checkpoint directory (nor a GGUF "
+                         f"or a PEFT adapter with {ADAPTER_CONFIG})")
 
 
 def _looks_like_path(text: str, base_dir: Path) -> bool:

@@ -66,6 +66,19 @@ def read_task_settings(path: str | Path) -> dict:
     card = Path(path) / "mechtest.json"
     if not card.is_file():
         return {}
+    return _read_card(card)
+
+
+def task_settings_file(ref) -> Path | None:
+    """The ``mechtest.json`` that holds a model's task settings: in its folder (for a GGUF, the folder holding
+    the .gguf, shared by every GGUF there); for an adapter, the adapter's folder, else its base's."""
+    for ref_ in (ref, getattr(ref, "base", None)):
+        if ref_ is not None and ref_.path is not None and (Path(ref_.path) / "mechtest.json").is_file():
+            return Path(ref_.path) / "mechtest.json"
+    return None
+
+
+def _read_card(card: Path) -> dict:
     try:
         data = json.loads(card.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -115,7 +128,10 @@ class ModelRegistry:
 
             ref = self.ref(name)
             self._make_room()
-            model = load_model(ref, dtype=self.settings.dtype, device=self.settings.device, name=name)
+            from mechtest.progress import heartbeat
+
+            with heartbeat(f"loading {name}"):
+                model = load_model(ref, dtype=self.settings.dtype, device=self.settings.device, name=name)
             self._loaded[name] = model
             self.fingerprints[name] = {"model": ref.display, "source": spec.source, "fingerprint": model.fingerprint,
                                        "dtype": str(model.dtype), "shape": list(model.shape)}
@@ -160,7 +176,5 @@ class ModelRegistry:
         """The box count a model is evaluated on: ``n_boxes`` of its ``mechtest.json``, else 7."""
         if name not in self.settings.models:
             return DEFAULT_N_BOXES
-        ref = self.ref(name)
-        if ref.path is None:
-            return DEFAULT_N_BOXES
-        return read_task_settings(ref.path).get("n_boxes", DEFAULT_N_BOXES)
+        card = task_settings_file(self.ref(name))
+        return DEFAULT_N_BOXES if card is None else _read_card(card).get("n_boxes", DEFAULT_N_BOXES)

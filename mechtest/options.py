@@ -11,8 +11,9 @@ def add_options(parser: pytest.Parser) -> None:
     """Register every mechtest option on pytest's parser."""
     group = parser.getgroup("mechtest", "mechtest: mechanistic-interpretability claims")
     group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=REF", dest="mechtest_model",
-                    help="make a checkpoint available under NAME (repeatable); REF: a directory, a .gguf file, or a "
-                         "hub id name / org/name[@revision] found in the local hub cache")
+                    help="make a checkpoint available under NAME (repeatable); REF: a directory, a .gguf file, a "
+                         "hub id name / org/name[@revision] found in the local hub cache, a PEFT adapter directory, "
+                         "or BASE+ADAPTER_DIR")
     group.addoption("--mechtest-device", default=None, metavar="DEVICE",
                     help="device for every model: cpu, cuda, cuda:N, mps, or auto (device_map='auto' across the "
                          "visible GPUs); default: cuda if available, else cpu")
@@ -34,7 +35,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--mechtest-max-models", type=int, default=None, metavar="N",
                     help="keep at most N models in memory; loading another releases the least recently used")
     group.addoption("--mechtest-progress", default="auto", choices=("auto", "yes", "no"),
-                    help="one line per claim with its forward passes and estimated time, shown through pytest's "
+                    help="one line per claim with its forward passes and estimated time, and an updating line "
+                         "for every long step (loading, path patching, CMAP, evaluation), shown through pytest's "
                          "capture: auto = on a terminal and not under CI (default), yes, no")
     group.addoption("--mechtest-json", default=None, metavar="PATH",
                     help="write every claim's result and the run's provenance as JSON to PATH")

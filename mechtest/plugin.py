@@ -56,8 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from mechtest import properties
+    from mechtest import progress, properties
     properties.unbind(config.stash.get(SESSION_KEY, None))
+    progress.configure()
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -318,6 +319,10 @@ def pytest_runtestloop(session: pytest.Session):
     """With --mechtest-plan: print the cost plan of the collected claims and run nothing. Otherwise, before a
     serial run, one line with the forward passes the claims will take."""
     config = session.config
+    from mechtest import progress
+    shown = _progress_reporter(config)  # long steps' lines: through the reporter past the capture, or nowhere
+    progress.configure("yes" if shown else "no", sink=shown and progress.pytest_sink(config, shown),
+                       tty=bool(shown and shown.isatty))
     items = [i for i in session.items if isinstance(i, ClaimItem)]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if not items or reporter is None or not _is_controller(config) or getattr(config.option, "collectonly", False):
@@ -326,7 +331,7 @@ def pytest_runtestloop(session: pytest.Session):
 
     if config.getoption("mechtest_plan"):
         reporter.section("mechtest plan")
-        for line in plan_lines(plan_rows(config.stash[SESSION_KEY], items)):
+        for line in plan_lines(plan_rows(config.stash[SESSION_KEY], items, loads=True)):
             reporter.write_line(line)
         return True
     if getattr(config.option, "numprocesses", None) in (None, 0):
@@ -357,7 +362,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     log = config.stash.get(LOG_KEY, None)
-    if log is None or not _is_controller(config) or not (log.results or log.skipped or log.not_run()):
+    if log is None or not _is_controller(config) or config.getoption("mechtest_plan") or \
+            not (log.results or log.skipped or log.not_run()):
         return
     terminalreporter.section("mechtest claims")
     for line in summary_lines(log.results, log.skipped, interrupted=log.interrupted, not_run=log.not_run()):

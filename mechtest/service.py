@@ -124,15 +124,17 @@ class Service:
                              lambda: cached_path_patching(model, data, recv, seed=seed, cache=self.cache))
 
     def discover(self, model, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
-                 triage: bool = False, minimal: bool = False):
+                 triage: bool | None = None, minimal: bool = False):
         """Circuit discovery on ``model`` (:func:`mechtest.methods.discovery.discover_circuit`, the one recipe)
-        with the paper's sizes scaled to its head count; path-patching scores through the activation cache."""
-        from mechtest.methods.discovery import discover_circuit
+        with the paper's sizes scaled to its head count; path-patching scores through the activation cache;
+        ``triage=None``: triage where it was measured faster (:func:`mechtest.methods.discovery.triage_by_default`)."""
+        from mechtest.methods.discovery import discover_circuit, triage_by_default
 
         model, n, n_boxes = self._sample(model, n, n_boxes, seed, DEFAULT_DISCOVERY_PROMPTS)
+        triage = triage_by_default(model) if triage is None else triage
         return self.memoised(("discover", model.name, n, n_boxes, seed, triage, minimal),
                              lambda: discover_circuit(model, n_prompts=n, n_boxes=n_boxes, seed=seed, triage=triage,
-                                                      minimal=minimal, cache=self.cache, progress=False))
+                                                      minimal=minimal, cache=self.cache))
 
     # ---------------------------------------------------------------------------------------- methods
 
@@ -218,7 +220,7 @@ class Service:
                 m.name: self.discover(m, n=n_discover, seed=seed, n_boxes=n_boxes) for m in (base_model, cand_model)}
             return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache,
                            base_discovery=found.get(base_model.name), candidate_discovery=found.get(cand_model.name),
-                           base_circuit=recorded, thresholds=thresholds, progress=False)
+                           base_circuit=recorded, thresholds=thresholds)
 
         key = ("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed, thresholds,
                None if recorded is None else _circuit_key(recorded))
@@ -236,7 +238,7 @@ class Service:
         return self.memoised(
             ("dcm", model.name, _circuit_key(circ), group, desideratum, n, n_boxes, seed),
             lambda: dcm(model, circ, group, desideratum, n_boxes=n_boxes, n_train=n, n_val=max(1, n // 2),
-                        n_test=max(1, n // 2), seed=seed, progress=False))
+                        n_test=max(1, n // 2), seed=seed))
 
     def cmap(self, model, *, source, circuit=None, group: str | None = None, n: int | None = None, seed: int = 0,
              n_boxes: int | None = None):
@@ -250,7 +252,7 @@ class Service:
         return self.memoised(
             ("cmap", model.name, donor.name, None if circ is None else _circuit_key(circ), group, len(data),
              data.n_boxes, seed),
-            lambda: cmap(model, donor, data, circuit=circ, group=group, seed=seed, progress=False))
+            lambda: cmap(model, donor, data, circuit=circ, group=group, seed=seed))
 
     def knockout(self, model, *, edge: str = "last->object", layers=None, n: int | None = None, seed: int = 0,
                  n_boxes: int | None = None):
@@ -262,7 +264,7 @@ class Service:
         layers = None if layers is None else tuple(layers)
         return self.memoised(
             ("knockout", model.name, edge, layers, len(data), data.n_boxes, seed),
-            lambda: attention_knockout(model, data, edge, start_layers=layers, seed=seed, progress=False))
+            lambda: attention_knockout(model, data, edge, start_layers=layers, seed=seed))
 
 
 def _fitted(model, dataset):

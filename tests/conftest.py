@@ -15,6 +15,20 @@ def pytester(pytester):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_gguf_cache(tmp_path_factory):
+    """Dequantised GGUFs of this run go to a temporary folder, never the user's cache."""
+    import os
+
+    before = os.environ.get("MECHTEST_GGUF_CACHE")
+    os.environ["MECHTEST_GGUF_CACHE"] = str(tmp_path_factory.mktemp("gguf-cache"))
+    yield
+    if before is None:
+        os.environ.pop("MECHTEST_GGUF_CACHE", None)
+    else:
+        os.environ["MECHTEST_GGUF_CACHE"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _import_model_stack():
     """Import what loading and fingerprinting a model imports, once, in this process: pytester's in-process
     runs drop the modules first imported inside them, and torch refuses to register its libraries twice."""

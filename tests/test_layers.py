@@ -19,13 +19,14 @@ LAYERS = [
     ("metrics", ["mechtest.metrics", "mechtest.metrics.*"]),
     ("reports", ["mechtest.report", "mechtest.report.*", "mechtest.snapshots", "mechtest.preflight"]),
     ("service", ["mechtest.service", "mechtest.properties"]),
-    ("loading", ["mechtest.model_registry", "mechtest.model", "mechtest.model_ref", "mechtest.checkpoint_config",
+    ("loading", ["mechtest.model_registry", "mechtest.export", "mechtest.model", "mechtest.adapters",
+                 "mechtest.gguf_cache", "mechtest.model_ref", "mechtest.checkpoint_files", "mechtest.checkpoint_config",
                  "mechtest.fingerprint"]),
     ("methods", ["mechtest.methods", "mechtest.methods.*"]),
     ("task & statistics", ["mechtest.tasks", "mechtest.tasks.*", "mechtest.measure", "mechtest.decision"]),
     ("engine", ["mechtest.heads", "mechtest.forward", "mechtest.architectures", "mechtest.compat"]),
     ("foundation", ["mechtest.spec", "mechtest.cache", "mechtest.errors", "mechtest.settings", "mechtest.version",
-                    "mechtest.data"]),
+                    "mechtest.progress", "mechtest.data"]),
 ]
 
 

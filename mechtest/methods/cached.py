@@ -11,7 +11,7 @@ from mechtest.spec import derived_seed
 
 
 def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 0, cache=None, triage: bool = False,
-                         sizes: dict[str, int] | None = None, batch_size: int = 100, progress: bool = False):
+                         sizes: dict[str, int] | None = None, batch_size: int = 100, progress: bool = True):
     """The four path-patching steps on ``base`` (corrupted with the derived ``"corruption"`` seed), read from
     ``cache`` if there. ``triage=True`` verifies exactly only attribution's top candidates for ``sizes``.
 

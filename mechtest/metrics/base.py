@@ -106,8 +106,14 @@ class Metric:
         raise NotImplementedError
 
     def forwards(self, claim, n: int, n_heads_total: int) -> int:
-        """Full forward passes (one prompt each) the claim costs, for ``--mechtest-plan``; default: n."""
+        """Full forward passes (one prompt each) the claim costs, for ``--mechtest-plan``; default: n.
+        Circuit discoveries (:meth:`discoveries`) are costed apart, once per run however many claims share them."""
         return n
+
+    def discoveries(self, claim, model: str) -> list[str]:
+        """Models whose circuit the claim discovers by path patching (on ``discover_prompts``), for the plan."""
+        circuit = str(claim.get("circuit") or "")
+        return [circuit.split(":", 1)[1]] if circuit.startswith("discovered:") else []
 
     def cache_inputs(self, claim, model: str, settings) -> dict | None:
         """What else the result depends on, for the result-cache key ({}: nothing; None: do not cache now)."""

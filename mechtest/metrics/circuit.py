@@ -20,10 +20,7 @@ class CircuitMetric(Metric):
         raise NotImplementedError
 
     def forwards(self, claim, n, n_heads_total):
-        from mechtest.metrics.path_patching import path_patching_forwards  # (here: the registry keeps its order)
-
-        discovered = str(claim.get("circuit", "")).startswith("discovered:")
-        return self.runs_per_prompt(claim) * n + (path_patching_forwards(n, n_heads_total) if discovered else 0)
+        return self.runs_per_prompt(claim) * n  # a discovered circuit: see Metric.discoveries
 
     def measure(self, service, claim, model, *, n, seed, n_boxes):
         circuit = self.circuit_of(service, claim, n=n, seed=seed)

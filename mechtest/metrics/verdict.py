@@ -29,13 +29,15 @@ class Verdict(Metric):
                                                 else [])
 
     def forwards(self, claim, n, n_heads_total):
-        from mechtest.metrics.path_patching import path_patching_forwards  # (here: the registry keeps its order)
+        # two model runs, two circuit runs, CMAP and the candidate's value-fetcher share (~ a tenth of a
+        # forward per head and prompt); the discoveries: see discoveries
+        return 8 * n + n * max(1, n_heads_total // 10)
 
-        # two discoveries (the base's is shared by every candidate; none with a recorded base circuit), two
-        # model runs, two circuit runs, CMAP, the value-fetcher step of the candidate (~ a tenth of a forward
-        # per head and prompt)
-        discoveries = 0 if claim.get("base_circuit") else 2 * path_patching_forwards(n, n_heads_total)
-        return discoveries + 8 * n + n * max(1, n_heads_total // 10)
+    def discoveries(self, claim, model):
+        recorded = str(claim.get("base_circuit") or "")
+        if recorded:  # a recorded base circuit: nothing is discovered, unless it names a discovered circuit
+            return [recorded.split(":", 1)[1]] if recorded.startswith("discovered:") else []
+        return [claim.get("base"), model]  # the base's is shared by every candidate
 
     def measure(self, service, claim, model, *, n, seed, n_boxes):
         from mechtest.methods.compare import Thresholds
