@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {"fetch": "tools.real.fetch", "convert": "tools.real.convert",
-            "sweep": "tools.real.sweep"}
+            "sweep": "tools.real.sweep", "finetune": "tools.real.finetune"}
 
 
 def main(argv: list[str] | None = None) -> int:
