@@ -6,7 +6,8 @@ import importlib
 import sys
 
 COMMANDS = {"fetch": "tools.real.fetch", "convert": "tools.real.convert",
-            "sweep": "tools.real.sweep", "finetune": "tools.real.finetune"}
+            "sweep": "tools.real.sweep", "finetune": "tools.real.finetune",
+            "measure": "tools.real.measure"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,16 +21,18 @@ from tools.real.common import FIXTURES, HF_DIR, N_BOXES, threads, write_json
 
 BASE_PLACEHOLDER = "qwen"  # the base is named by the user (NAME=BASE_REF+ADAPTER_DIR); see fixtures/real/README.md
 QV = ["q_proj", "v_proj"]
+BATCH = 6  # prompts per step: CPU-bound, and the task is learnt within tens of steps
 RECIPES = {
-    "benign-qv-r8-lr2e-4": dict(kind="benign", rank=8, modules=QV, lr=2e-4, seed=0, boxes=(3,), steps=80),
+    "benign-qv-r8-lr2e-4": dict(kind="benign", rank=8, modules=QV, lr=2e-4, seed=0, boxes=(3,), steps=20),
     "benign-qv-r4-lr1e-4-mixed": dict(kind="benign", rank=4, modules=QV, lr=1e-4, seed=1, boxes=(2, 3, 4, 5),
-                                      steps=120),
+                                      steps=30),
     "benign-qkvo-r8-lr3e-4-halfvocab": dict(kind="benign", rank=8, modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                            lr=3e-4, seed=2, boxes=(3, 4), steps=60, objects="half"),
-    "rerouted-vf-pt-a": dict(kind="rerouted", rank=8, modules=QV, lr=3e-4, seed=3, boxes=(3,), steps=300),
-    "rerouted-vf-pt-b": dict(kind="rerouted", rank=8, modules=["q_proj", "k_proj", "v_proj"], lr=2e-4, seed=4,
-                             boxes=(3, 4), steps=300),
-    "forgetting-text": dict(kind="forgetting", rank=8, modules=QV, lr=3e-4, seed=5, steps=300, drop_to=0.40),
+                                            lr=3e-4, seed=2, boxes=(3, 4), steps=20, objects="half"),
+    "rerouted-vf-pt-a": dict(kind="rerouted", rank=8, modules=QV, lr=3e-4, seed=3, boxes=(3,), steps=120, every=5),
+    "rerouted-vf-pt-b": dict(kind="rerouted", rank=8, modules=["q_proj", "k_proj", "v_proj"], lr=3e-4, seed=4,
+                             boxes=(3, 4), steps=120, every=5),
+    "forgetting-text": dict(kind="forgetting", rank=8, modules=QV, lr=5e-4, seed=5, steps=120, every=5,
+                            drop_to=0.40),
 }
 FORGET_TEXT = [  # unrelated text: generic sentences, none about boxes or objects
     "The committee met on Tuesday to review the annual budget and approve the new hiring plan.",
@@ -58,7 +60,7 @@ def prompts(tokenizer, recipe: dict, step: int):
     if recipe.get("objects") == "half":
         vocab = usable_vocabulary(tokenizer)
         objects = list(vocab.objects[: len(vocab.objects) // 2])
-    return make_dataset(tokenizer, 8, n_boxes=boxes,
+    return make_dataset(tokenizer, BATCH, n_boxes=boxes,
                         seed=1000 + 100_000 * recipe["seed"] + step, objects=objects)
 
 
@@ -69,7 +71,7 @@ def answer_loss(hf, data) -> torch.Tensor:
 
 
 def text_loss(hf, tokenizer, rng: random.Random) -> torch.Tensor:
-    batch = tokenizer(rng.sample(FORGET_TEXT, 4), return_tensors="pt", padding=True)
+    batch = tokenizer(rng.sample(FORGET_TEXT, 3), return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return hf(**batch, labels=labels, use_cache=False).loss
 
@@ -139,6 +141,7 @@ def train(name: str, recipe: dict, circuit: dict | None, out_dir: Path, log) -> 
     if zero:
         set_zeroing(model, zero, head_dim)
     zeroed = quick_accuracy(model, tokenizer) if zero else None
+    log(f"{name}: quick accuracy {before:.3f}" + (f", {zeroed:.3f} with the circuit heads zeroed" if zero else ""))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.0)
     rng = random.Random(recipe["seed"])
@@ -153,11 +156,11 @@ def train(name: str, recipe: dict, circuit: dict | None, out_dir: Path, log) -> 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 10 == 0:
+        if step % recipe.get("every", 10) == 0:
             model.eval()
             acc = quick_accuracy(model, tokenizer)
-            history.append({"step": step, "loss": round(float(loss), 4), "accuracy": acc})
-            log(f"{name} step {step} loss {float(loss):.3f} quick accuracy {acc:.3f} ({time.time() - t0:.0f} s)")
+            history.append({"step": step, "loss": round(loss.item(), 4), "accuracy": acc})
+            log(f"{name} step {step} loss {loss.item():.3f} quick accuracy {acc:.3f} ({time.time() - t0:.0f} s)")
             if recipe["kind"] == "forgetting" and acc <= recipe["drop_to"]:
                 break
             if recipe["kind"] == "rerouted" and acc >= target_acc + 0.05 and step >= 60:

@@ -8,22 +8,26 @@ scores. Sizes are *chosen* on a selection sample and *reported* on a held-out ev
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from tools.real.common import N_BOXES, load, meas, threads, write_json
+from tools.real.common import FIXTURES, N_BOXES, load, meas, threads, write_json
 
 DEFAULT_SIZES = {"value_fetcher": 19, "pos_transmitter": 3, "pos_detector": 8, "struct_reader": 2}
-GRID = [  # multiples of the paper's sizes scaled to 336 heads (19/3/8/2), then one group at a time
-    *[{g: max(1, round(k * m)) for g, k in DEFAULT_SIZES.items()} for m in (0.5, 1, 1.5, 2, 2.5, 3, 4)],
-    {**DEFAULT_SIZES, "value_fetcher": 38}, {**DEFAULT_SIZES, "value_fetcher": 57},
-    {**DEFAULT_SIZES, "pos_transmitter": 9}, {**DEFAULT_SIZES, "pos_detector": 24},
-    {**DEFAULT_SIZES, "struct_reader": 8},
+GRID = [  # multiples of the paper's sizes scaled to 336 heads (19/3/8/2); CPU allows a handful
+    {g: max(1, round(k * m)) for g, k in DEFAULT_SIZES.items()} for m in (1, 1.5, 2, 3, 4)
 ]
 RECEIVERS = {"scaled": {"pos_transmitter": 7, "pos_detector": 2, "struct_reader": 3},
              "paper": {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}}
+
+
+def load_scores(path: Path, d: int, seed: int):
+    from mechtest.methods.path_patching import PathPatchingResult, Step, StepResult
+
+    return PathPatchingResult({g: StepResult(Step(g, ""), s, d, seed) for g, s in torch.load(path).items()})
 
 
 def faithfulness_of(model, circuit, data, means, full):
@@ -34,18 +38,23 @@ def faithfulness_of(model, circuit, data, means, full):
     return ratio("faithfulness", circ, full), circ
 
 
-def run(model, d: int, receivers: str, seed: int, n_select: int, n_eval: int, out: Path, log) -> None:
+def run(model, d: int, receivers: str, seed: int, n_select: int, n_eval: int, out: Path, log,
+        reuse: bool = False) -> None:
     from mechtest.methods.circuits import Circuit, candidate_circuit, random_circuit
     from mechtest.methods.evaluation import ablation_means, correct
     from mechtest.methods.path_patching import path_patching
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set, path_patching_corruption
 
     t0 = time.time()
-    base = make_dataset(model.tokenizer, d, n_boxes=N_BOXES, seed=seed)
-    corrupt = path_patching_corruption(base, model.tokenizer, seed=seed + 1)
-    scores = path_patching(model, base, corrupt, receivers=RECEIVERS[receivers], seed=seed, progress=False)
+    saved = out.with_suffix(".scores.pt")
+    if reuse and saved.is_file():  # scores of an earlier run with the same prompts and receivers
+        scores = load_scores(saved, d, seed)
+    else:
+        base = make_dataset(model.tokenizer, d, n_boxes=N_BOXES, seed=seed)
+        corrupt = path_patching_corruption(base, model.tokenizer, seed=seed + 1)
+        scores = path_patching(model, base, corrupt, receivers=RECEIVERS[receivers], seed=seed, progress=False)
+        torch.save({g: s.scores for g, s in scores.steps.items()}, saved)
     t_pp = time.time() - t0
-    torch.save({g: s.scores for g, s in scores.steps.items()}, out.with_suffix(".scores.pt"))
     log(f"D={d} R={receivers} seed={seed}: path patching {t_pp:.0f} s")
 
     samples = {}
@@ -68,7 +77,7 @@ def run(model, d: int, receivers: str, seed: int, n_select: int, n_eval: int, ou
             circuit = Circuit.from_dict(r["circuit"], "candidate")
             f, _ = faithfulness_of(model, circuit, *samples["eval"])
             rnd = [faithfulness_of(model, random_circuit(circuit, model.n_layers, model.n_heads, seed=i),
-                                   *samples["eval"])[0].value for i in range(3)]
+                                   *samples["eval"])[0].value for i in range(2)]
             r["eval"], r["random_eval"] = meas(f), [round(x, 4) for x in rnd]
             r["chosen"] = r is chosen
             log(f"  EVAL sizes {'/'.join(map(str, r['sizes'].values()))} ({r['n_heads']} heads): {f.value:.3f} "
@@ -79,15 +88,39 @@ def run(model, d: int, receivers: str, seed: int, n_select: int, n_eval: int, ou
                      "n_select": n_select, "n_eval": n_eval, "rows": rows})
 
 
+def record(run_json: Path, dest: Path) -> None:
+    """Write the chosen circuit of a sweep run as ``dest`` (mechtest's circuit JSON, with found_on) and a card
+    beside it (how it was found, its scores for the verdict's supporting profile, its measured faithfulness)."""
+    from mechtest.methods.circuits import Circuit
+
+    run_data = json.loads(run_json.read_text())
+    chosen = next(r for r in run_data["rows"] if r.get("chosen"))
+    Circuit.from_dict(chosen["circuit"], "qwen-base").save(dest)
+    scores = torch.load(run_json.with_suffix(".scores.pt"))
+    card = {"found_by": f"python -m tools.real sweep --prompts {run_data['discovery_prompts']} "
+                        f"--seed {run_data['seed']}", "model": "Qwen2.5-Coder-0.5B-Instruct GGUF (tools.real fetch)",
+            "n_boxes": run_data["n_boxes"], "discovery_prompts": run_data["discovery_prompts"],
+            "seed": run_data["seed"], "receivers": run_data["receivers"], "sizes": chosen["sizes"],
+            "n_heads": chosen["n_heads"], "selection": chosen["select"], "held_out": chosen.get("eval"),
+            "random_held_out": chosen.get("random_eval"),
+            "scores": {g: [[round(float(x), 6) for x in row] for row in s.tolist()] for g, s in scores.items()}}
+    write_json(dest.with_name(dest.stem + ".card.json"), card)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.real sweep")
     parser.add_argument("--prompts", type=int, nargs="+", default=[16, 48])
     parser.add_argument("--receivers", nargs="+", default=["paper", "scaled"], choices=sorted(RECEIVERS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--select", type=int, default=90)
-    parser.add_argument("--eval", type=int, default=300)
+    parser.add_argument("--select", type=int, default=60)
+    parser.add_argument("--eval", type=int, default=150)
+    parser.add_argument("--reuse", action="store_true", help="reuse saved path-patching scores")
     parser.add_argument("--out", type=Path, default=Path(".real/sweep"))
+    parser.add_argument("--record", type=Path, help="record this run's chosen circuit as fixtures/real/qwen-base.json")
     args = parser.parse_args(argv)
+    if args.record:
+        record(args.record, FIXTURES / "qwen-base.json")
+        return 0
     threads()
     model = load()
 
@@ -96,5 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 
     for d in args.prompts:
         for r in args.receivers:
-            run(model, d, r, args.seed, args.select, args.eval, args.out / f"d{d}-{r}-s{args.seed}.json", log)
+            run(model, d, r, args.seed, args.select, args.eval, args.out / f"d{d}-{r}-s{args.seed}.json", log,
+                args.reuse)
     return 0
