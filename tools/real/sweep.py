@@ -18,7 +18,7 @@ from tools.real.common import FIXTURES, N_BOXES, load, meas, threads, write_json
 
 DEFAULT_SIZES = {"value_fetcher": 19, "pos_transmitter": 3, "pos_detector": 8, "struct_reader": 2}
 GRID = [  # multiples of the paper's sizes scaled to 336 heads (19/3/8/2); CPU allows a handful
-    {g: max(1, round(k * m)) for g, k in DEFAULT_SIZES.items()} for m in (1, 1.5, 2, 3, 4)
+    {g: max(1, round(k * m)) for g, k in DEFAULT_SIZES.items()} for m in (1, 2, 3, 4)
 ]
 RECEIVERS = {"scaled": {"pos_transmitter": 7, "pos_detector": 2, "struct_reader": 3},
              "paper": {"pos_transmitter": 20, "pos_detector": 5, "struct_reader": 10}}
@@ -77,7 +77,7 @@ def run(model, d: int, receivers: str, seed: int, n_select: int, n_eval: int, ou
             circuit = Circuit.from_dict(r["circuit"], "candidate")
             f, _ = faithfulness_of(model, circuit, *samples["eval"])
             rnd = [faithfulness_of(model, random_circuit(circuit, model.n_layers, model.n_heads, seed=i),
-                                   *samples["eval"])[0].value for i in range(2)]
+                                   *samples["eval"])[0].value for i in range(1)]
             r["eval"], r["random_eval"] = meas(f), [round(x, 4) for x in rnd]
             r["chosen"] = r is chosen
             log(f"  EVAL sizes {'/'.join(map(str, r['sizes'].values()))} ({r['n_heads']} heads): {f.value:.3f} "
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=[16, 48])
     parser.add_argument("--receivers", nargs="+", default=["paper", "scaled"], choices=sorted(RECEIVERS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--select", type=int, default=60)
+    parser.add_argument("--select", type=int, default=45)
     parser.add_argument("--eval", type=int, default=150)
     parser.add_argument("--reuse", action="store_true", help="reuse saved path-patching scores")
     parser.add_argument("--out", type=Path, default=Path(".real/sweep"))
