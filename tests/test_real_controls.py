@@ -72,3 +72,12 @@ def test_rerouting_adapter_zeroes_exactly_the_circuit_heads_and_is_frozen(tiny):
     assert not torch.allclose(_logits(peft_model, IDS), _logits(tiny.hf, IDS), atol=1e-3)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and not any("o_proj" in n for n in trainable)
+
+
+def test_zeroing_keeps_transmitters_and_the_strongest_fetchers_under_a_limit():
+    from tools.real.finetune import zeroing_layers
+
+    circuit = {"value_fetcher": [[3, 0], [3, 1], [2, 2]], "pos_transmitter": [[1, 1]]}
+    scores = {"value_fetcher": [[0.0] * 3, [0.0] * 3, [0.0, 0.0, -0.9], [-0.1, -0.5, 0.0]]}
+    assert zeroing_layers(circuit, scores, limit=3) == {1: [1], 2: [2], 3: [1]}
+    assert zeroing_layers(circuit) == {1: [1], 2: [2], 3: [0, 1]}

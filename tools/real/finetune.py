@@ -21,6 +21,7 @@ from tools.real.common import FIXTURES, HF_DIR, N_BOXES, threads, write_json
 
 BASE_PLACEHOLDER = "qwen"  # the base is named by the user (NAME=BASE_REF+ADAPTER_DIR); see fixtures/real/README.md
 QV = ["q_proj", "v_proj"]
+ZERO_LIMIT = 16  # zeroed heads per rerouted adapter: keeps it under 5 MB
 BATCH = 6  # prompts per step: CPU-bound, and the task is learnt within tens of steps
 RECIPES = {
     "benign-qv-r8-lr2e-4": dict(kind="benign", rank=8, modules=QV, lr=2e-4, seed=0, boxes=(3,), steps=20),
@@ -28,9 +29,9 @@ RECIPES = {
                                       steps=30),
     "benign-qkvo-r8-lr3e-4-halfvocab": dict(kind="benign", rank=8, modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                             lr=3e-4, seed=2, boxes=(3, 4), steps=20, objects="half"),
-    "rerouted-vf-pt-a": dict(kind="rerouted", rank=8, modules=QV, lr=3e-4, seed=3, boxes=(3,), steps=120, every=5),
-    "rerouted-vf-pt-b": dict(kind="rerouted", rank=8, modules=["q_proj", "k_proj", "v_proj"], lr=3e-4, seed=4,
-                             boxes=(3, 4), steps=120, every=5),
+    "rerouted-vf-pt-a": dict(kind="rerouted", rank=4, modules=QV, lr=3e-4, seed=3, boxes=(3,), steps=80, every=10),
+    "rerouted-vf-pt-b": dict(kind="rerouted", rank=4, modules=["q_proj", "k_proj", "v_proj"], lr=3e-4, seed=4,
+                             boxes=(3, 4), steps=80, every=10),
     "forgetting-text": dict(kind="forgetting", rank=8, modules=QV, lr=5e-4, seed=5, steps=120, every=5,
                             drop_to=0.40),
 }
@@ -87,13 +88,21 @@ def quick_accuracy(hf, tokenizer, n: int = 60, seed: int = 999) -> float:
     return float((logits.argmax(-1) == data.answer_ids).float().mean())
 
 
-def zeroing_layers(circuit: dict) -> dict[int, list[int]]:
-    """Layer -> heads to zero: the circuit's value fetchers and position transmitters."""
+def zeroing_layers(circuit: dict, scores: dict | None = None, limit: int | None = None) -> dict[int, list[int]]:
+    """Layer -> heads to zero: the circuit's position transmitters and value fetchers.
+
+    Each zeroed head costs 2 x 64 x 896 float16 numbers in the adapter (~230 kB), so with ``limit`` the
+    transmitters are kept and the value fetchers with the most negative path-patching ``scores`` fill the rest.
+    """
+    heads = [tuple(h) for h in circuit.get("pos_transmitter", [])]
+    fetchers = [tuple(h) for h in circuit.get("value_fetcher", [])]
+    if scores is not None:
+        fetchers.sort(key=lambda h: scores["value_fetcher"][h[0]][h[1]])
+    heads += fetchers if limit is None else fetchers[:max(0, limit - len(heads))]
     layers: dict[int, list[int]] = {}
-    for group in ("value_fetcher", "pos_transmitter"):
-        for layer, head in circuit.get(group, []):
-            layers.setdefault(int(layer), []).append(int(head))
-    return {layer: sorted(set(heads)) for layer, heads in sorted(layers.items())}
+    for layer, head in heads:
+        layers.setdefault(int(layer), []).append(int(head))
+    return {layer: sorted(set(hs)) for layer, hs in sorted(layers.items())}
 
 
 def set_zeroing(peft_model, zero: dict[int, list[int]], head_dim: int) -> None:
@@ -126,7 +135,7 @@ def lora_config(recipe: dict, zero: dict[int, list[int]], head_dim: int):
                       rank_pattern=ranks, alpha_pattern=alphas, bias="none", task_type="CAUSAL_LM")
 
 
-def train(name: str, recipe: dict, circuit: dict | None, out_dir: Path, log) -> dict:
+def train(name: str, recipe: dict, circuit: dict | None, out_dir: Path, log, scores: dict | None = None) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,7 +144,7 @@ def train(name: str, recipe: dict, circuit: dict | None, out_dir: Path, log) -> 
     hf = AutoModelForCausalLM.from_pretrained(HF_DIR, dtype=torch.float32, attn_implementation="eager")
     head_dim = hf.config.hidden_size // hf.config.num_attention_heads
     before = quick_accuracy(hf, tokenizer)
-    zero = zeroing_layers(circuit) if recipe["kind"] == "rerouted" else {}
+    zero = zeroing_layers(circuit, scores, ZERO_LIMIT) if recipe["kind"] == "rerouted" else {}
     config = lora_config(recipe, zero, head_dim)
     model = get_peft_model(hf, config)
     if zero:
@@ -163,7 +172,7 @@ def train(name: str, recipe: dict, circuit: dict | None, out_dir: Path, log) -> 
             log(f"{name} step {step} loss {loss.item():.3f} quick accuracy {acc:.3f} ({time.time() - t0:.0f} s)")
             if recipe["kind"] == "forgetting" and acc <= recipe["drop_to"]:
                 break
-            if recipe["kind"] == "rerouted" and acc >= target_acc + 0.05 and step >= 60:
+            if recipe["kind"] == "rerouted" and acc >= target_acc and step >= 20:
                 break
     model.eval()
     after = quick_accuracy(model, tokenizer)
@@ -209,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
     for name in args.names:
-        circuit = None
+        circuit = scores = None
         if RECIPES[name]["kind"] == "rerouted":
             if not args.circuit.is_file():
                 parser.error(f"{name} needs the base circuit {args.circuit} (python -m tools.real sweep first)")
             circuit = json.loads(args.circuit.read_text())
-        train(name, RECIPES[name], circuit, args.out, log)
+            card = args.circuit.with_name(args.circuit.stem + ".card.json")
+            scores = json.loads(card.read_text())["scores"] if card.is_file() else None
+        train(name, RECIPES[name], circuit, args.out, log, scores)
     return 0
