@@ -46,6 +46,7 @@ def run(model, d: int, receivers: str, seed: int, n_select: int, n_eval: int, ou
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set, path_patching_corruption
 
     t0 = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
     saved = out.with_suffix(".scores.pt")
     if reuse and saved.is_file():  # scores of an earlier run with the same prompts and receivers
         scores = load_scores(saved, d, seed)
