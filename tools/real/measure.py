@@ -99,14 +99,33 @@ def measure_control(base, cand, disc, seed: int, n: int, cache) -> dict:
             "checks": [f"{k.name}: {k.outcome}" for k in c.checks], "seconds": round(time.time() - t0)}
 
 
+def memoise_plain_runs() -> None:
+    """compare() runs the base unpatched on the same prompts for every control: run it once per process."""
+    from mechtest.methods import evaluation
+
+    plain, memo = evaluation.correct, {}
+
+    def correct(model, dataset, *, edits_for_batch=None, **kw):
+        if edits_for_batch is not None:
+            return plain(model, dataset, edits_for_batch=edits_for_batch, **kw)
+        key = (model.fingerprint, dataset.prompts)
+        if key not in memo:
+            memo[key] = plain(model, dataset, **kw)
+        return memo[key]
+
+    evaluation.correct = correct
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.real measure")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--prompts", type=int, default=150)
     parser.add_argument("--controls", nargs="*", default=[])
+    parser.add_argument("--skip-base", action="store_true", help="controls only (the base row is measured elsewhere)")
     parser.add_argument("--out", type=Path, default=FIXTURES / "measurements.json")
     args = parser.parse_args(argv)
     threads()
+    memoise_plain_runs()
     from mechtest.cache import ActivationCache
 
     card = json.loads((FIXTURES / "qwen-base.card.json").read_text())
@@ -120,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
     for seed in args.seeds:
-        if str(seed) not in results["base"]:
+        if str(seed) not in results["base"] and not args.skip_base:
             results["base"][str(seed)] = measure_base(base, disc, seed, args.prompts, cache)
             write_json(args.out, results)
-        log(f"base seed {seed}: {results['base'][str(seed)]}")
+        log(f"base seed {seed}: {results['base'].get(str(seed))}")
         for name, kind in controls(args.controls):
             row = results["controls"].setdefault(name, {"kind": kind, "expected": EXPECTED[kind], "seeds": {}})
             if str(seed) in row["seeds"]:
@@ -136,5 +155,5 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} seed {seed}: {r['verdict']} (expected {row['expected']}); {r['checks']}")
     from tools.real.report import write_report
 
-    write_report(results, FIXTURES / "MEASUREMENTS.md")
+    write_report(results, args.out.with_suffix(".md"))
     return 0
