@@ -29,17 +29,3 @@ def test_without_the_model_the_tier_skips_naming_the_fetch_command(pytester, tmp
     deselected = pytester.runpytest_inprocess("suites/real", "-p", "no:cacheprovider", "-m", "not real",
                                               f"--mechtest-cache-dir={tmp_path}")
     assert deselected.parseoutcomes().get("deselected", 0) >= 3
-
-
-def test_with_a_model_file_the_tier_registers_qwen(pytester, tmp_path):
-    root = _tier(pytester)
-    (root / ".real" / "qwen").mkdir(parents=True)
-    (root / ".real" / "qwen" / "model.gguf").write_bytes(b"GGUF")
-    pytester.makepyfile(test_names="""
-        def test_names(mechtest):
-            assert "qwen" in mechtest.model_names
-            assert mechtest.models.settings.models["qwen"].ref.endswith("model.gguf")
-    """)
-    result = pytester.runpytest_inprocess("suites/real", "test_names.py", "-k", "test_names", "-p",
-                                          "no:cacheprovider", f"--mechtest-cache-dir={tmp_path}")
-    assert result.parseoutcomes().get("passed") == 1
