@@ -1,0 +1,31 @@
+"""suites/real: without the fetched model every item is skipped naming the fetch command and marked ``real``;
+with a model file present the tier registers it by name (command-line names win)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tier(pytester) -> Path:
+    root = pytester.path
+    shutil.copytree(REPO / "suites" / "real", root / "suites" / "real")
+    shutil.copytree(REPO / "fixtures" / "real", root / "fixtures" / "real")
+    (root / "pytest.ini").write_text("[pytest]\nmarkers =\n    real: the real tier\n")
+    return root
+
+
+def test_without_the_model_the_tier_skips_naming_the_fetch_command(pytester, tmp_path):
+    _tier(pytester)
+    result = pytester.runpytest_inprocess("suites/real", "-p", "no:cacheprovider", "-rs",
+                                          f"--mechtest-cache-dir={tmp_path}")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("skipped", 0) >= 3 and not outcomes.get("passed") and not outcomes.get("failed")
+    result.stdout.fnmatch_lines(["*python -m tools.real fetch*"])
+    deselected = pytester.runpytest_inprocess("suites/real", "-p", "no:cacheprovider", "-m", "not real",
+                                              f"--mechtest-cache-dir={tmp_path}")
+    assert deselected.parseoutcomes().get("deselected", 0) >= 3

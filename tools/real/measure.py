@@ -1,0 +1,159 @@
+"""The paper's story on real weights: Qwen base and every control, at several seeds.
+
+Base: accuracy, the recorded circuit's faithfulness (fixtures/real/qwen-base.json), random circuits of the
+same sizes. Each control: ``mechtest.methods.compare`` against the base with the recorded circuit as the base's
+discovery (the candidate's own discovery uses the same sizes, receivers and prompt count) - accuracy,
+faithfulness in the candidate, CMAP of the circuit heads, overlap, verdict - next to its expected verdict.
+Results go to fixtures/real/measurements.json (written after each comparison) and MEASUREMENTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tools.real.common import FIXTURES, N_BOXES, load, meas, threads, write_json
+
+EXPECTED = {"benign": "preserved", "rerouted": "not preserved", "forgetting": "not preserved",
+            "noise": "preserved", "renamed": "not preserved"}
+
+
+def base_discovery(model, card: dict):
+    """The recorded circuit with the path-patching scores it was cut from (for the supporting profile)."""
+    from mechtest.methods.circuits import Circuit
+    from mechtest.methods.discovery import Discovery
+    from mechtest.methods.path_patching import PathPatchingResult, Step, StepResult
+
+    circuit = Circuit.from_dict(json.loads((FIXTURES / "qwen-base.json").read_text()), "qwen-base")
+    result = PathPatchingResult({g: StepResult(Step(g, "", ()), torch.tensor(s), card["discovery_prompts"],
+                                               card["seed"]) for g, s in card["scores"].items()})
+    return Discovery(circuit, result, card["sizes"], card["receivers"], card["discovery_prompts"], card["seed"])
+
+
+def controls(names: list[str]) -> list[tuple[str, str]]:
+    """(name, kind) of the shipped adapters, then the run-time controls."""
+    found = []
+    for card in sorted(FIXTURES.glob("*/card.json")):
+        found.append((card.parent.name, json.loads(card.read_text())["recipe"]["kind"]))
+    found += [("noise-1pct", "noise"), ("renamed-kv", "renamed")]
+    return [c for c in found if not names or c[0] in names]
+
+
+def build(base, name: str, kind: str, seed: int):
+    from tools.real import controls as ctl
+
+    if kind == "noise":
+        return ctl.noised(base, 0.01, seed=seed)
+    if kind == "renamed":
+        return ctl.renamed(base, seed=seed)[0]
+    return ctl.adapter(base, FIXTURES / name)
+
+
+def measure_base(base, disc, seed: int, n: int, cache) -> dict:
+    from mechtest.methods.evaluation import accuracy, faithfulness, random_circuit_faithfulness
+    from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
+
+    data = make_dataset(base.tokenizer, n, n_boxes=N_BOXES, seed=seed + 3)
+    ref = mean_ablation_set(base.tokenizer, n, n_boxes=N_BOXES, seed=seed + 4)
+    return {"accuracy": meas(accuracy(base, data, seed=seed)),
+            "faithfulness": meas(faithfulness(base, disc.circuit, data, ref, seed=seed, cache=cache)),
+            "random_circuits": meas(random_circuit_faithfulness(base, disc.circuit, data, ref, n_draws=5,
+                                                                seed=seed, cache=cache))}
+
+
+def value_fetchers(cand, disc, seed: int):
+    """The candidate's own discovery, value-fetcher step only: the one the verdict's overlap check reads (the
+    step needs no receivers, so it equals a full discovery's); the later steps only feed the supporting
+    profile correlation, which then covers this step alone. Saves three path-patching steps per candidate."""
+    from mechtest.methods.circuits import Circuit, candidate_circuit
+    from mechtest.methods.discovery import Discovery
+    from mechtest.methods.path_patching import path_patching
+    from mechtest.tasks.entity_tracking import make_dataset, path_patching_corruption
+
+    data = make_dataset(cand.tokenizer, disc.n_prompts, n_boxes=N_BOXES, seed=seed)
+    corrupt = path_patching_corruption(data, cand.tokenizer, seed=seed + 1)
+    scores = path_patching(cand, data, corrupt, seed=seed, progress=False, groups=("value_fetcher",))
+    circuit = Circuit(candidate_circuit(scores.steps, disc.sizes).groups, f"discovered:{cand.name}").found_in(cand)
+    return Discovery(circuit, scores, disc.sizes, disc.receivers, disc.n_prompts, seed)
+
+
+def measure_control(base, cand, disc, seed: int, n: int, cache) -> dict:
+    from mechtest.methods.compare import compare
+
+    t0 = time.time()
+    own = value_fetchers(cand, disc, seed)
+    c = compare(base, cand, n_prompts=n, n_boxes=N_BOXES, seed=seed, base_discovery=disc, candidate_discovery=own,
+                cache=cache, progress=False)
+    return {"verdict": c.verdict, "reason": c.reason, "accuracy": meas(c.candidate_accuracy),
+            "base_accuracy": meas(c.base_accuracy), "gain": meas(c.accuracy_difference),
+            "faithfulness": meas(c.faithfulness) if c.faithfulness else None,
+            "base_faithfulness": meas(c.base_faithfulness) if c.base_faithfulness else None,
+            "cmap_accuracy": meas(c.cmap_accuracy), "cmap_gain": meas(c.cmap_gain),
+            "cmap_explained": meas(c.cmap_explained) if c.cmap_explained else None,
+            "overlap": {g: round(v, 3) for g, v in c.overlap.items()},
+            "profile_r": round(float(c.profile_correlation), 3),
+            "checks": [f"{k.name}: {k.outcome}" for k in c.checks], "seconds": round(time.time() - t0)}
+
+
+def memoise_plain_runs() -> None:
+    """compare() runs the base unpatched on the same prompts for every control: run it once per process."""
+    from mechtest.methods import evaluation
+
+    plain, memo = evaluation.correct, {}
+
+    def correct(model, dataset, *, edits_for_batch=None, **kw):
+        if edits_for_batch is not None:
+            return plain(model, dataset, edits_for_batch=edits_for_batch, **kw)
+        key = (model.fingerprint, dataset.prompts)
+        if key not in memo:
+            memo[key] = plain(model, dataset, **kw)
+        return memo[key]
+
+    evaluation.correct = correct
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.real measure")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--prompts", type=int, default=150)
+    parser.add_argument("--controls", nargs="*", default=[])
+    parser.add_argument("--skip-base", action="store_true", help="controls only (the base row is measured elsewhere)")
+    parser.add_argument("--out", type=Path, default=FIXTURES / "measurements.json")
+    args = parser.parse_args(argv)
+    threads()
+    memoise_plain_runs()
+    from mechtest.cache import ActivationCache
+
+    card = json.loads((FIXTURES / "qwen-base.card.json").read_text())
+    base = load()
+    disc = base_discovery(base, card)
+    cache = ActivationCache(".real/cache")
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"base": {}, "controls": {}}
+    results.update(n_prompts=args.prompts, n_boxes=N_BOXES, circuit_sizes=disc.circuit.sizes)
+
+    def log(msg):
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    for seed in args.seeds:
+        if str(seed) not in results["base"] and not args.skip_base:
+            results["base"][str(seed)] = measure_base(base, disc, seed, args.prompts, cache)
+            write_json(args.out, results)
+        log(f"base seed {seed}: {results['base'].get(str(seed))}")
+        for name, kind in controls(args.controls):
+            row = results["controls"].setdefault(name, {"kind": kind, "expected": EXPECTED[kind], "seeds": {}})
+            if str(seed) in row["seeds"]:
+                continue
+            cand = build(base, name, kind, seed)
+            row["seeds"][str(seed)] = measure_control(base, cand, disc, seed, args.prompts, cache)
+            del cand
+            write_json(args.out, results)
+            r = row["seeds"][str(seed)]
+            log(f"{name} seed {seed}: {r['verdict']} (expected {row['expected']}); {r['checks']}")
+    from tools.real.report import write_report
+
+    write_report(results, args.out.with_suffix(".md"))
+    return 0
