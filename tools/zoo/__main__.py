@@ -12,7 +12,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"build": "tools.zoo.fallback", "planted": "tools.zoo.planted", "scratch": "tools.zoo.train"}
+    commands = {"build": "tools.zoo.fallback", "planted": "tools.zoo.planted", "scratch": "tools.zoo.train",
+                "probe": "tools.zoo.robust"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m tools.zoo {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
