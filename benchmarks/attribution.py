@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from _models import random_llama
-from mechtest.methods.attribution import attribution_step, candidates, spearman, triage
+from mechtest.methods.path_patching.attribution import attribution_step, candidates, spearman, triage
 from mechtest.methods.discovery import PAPER_CANDIDATES, PAPER_RECEIVERS, scaled
 from mechtest.methods.path_patching import PLAN, path_patching
 from mechtest.model import load_model

@@ -62,7 +62,7 @@ def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: Edi
     n = len(dataset)
     chunks = []
     starts = range(0, n, batch_size)
-    for start in _progress(starts, progress, len(starts)):
+    for start in progress_bar(starts, progress, len(starts)):
         sl = slice(start, min(start + batch_size, n))
         edits = edits_for_batch(sl) if edits_for_batch else None
         chunks.append(last_logits(model, dataset.input_ids[sl], dataset.last_pos[sl],
@@ -70,7 +70,7 @@ def dataset_logits(model, dataset, *, batch_size: int = 50, edits_for_batch: Edi
     return torch.cat(chunks) if chunks else torch.empty(0, model.vocab_size)
 
 
-def _progress(iterable, desc: str | None, total: int):
+def progress_bar(iterable, desc: str | None, total: int):
     """A tqdm bar when there is enough work to wait for; silent otherwise."""
     if desc is None or total < 4:
         return iterable
@@ -78,6 +78,3 @@ def _progress(iterable, desc: str | None, total: int):
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
 
-
-# methods/ imported this name from here before mechtest.compat existed
-_accepts_logits_to_keep = accepts_logits_to_keep

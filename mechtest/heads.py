@@ -38,12 +38,12 @@ Edits = Mapping[tuple[str, int], "EditFn | Sequence[EditFn]"]
 
 
 def layer_modules(model) -> list[torch.nn.Module]:
-    return list(_get(model.hf, model.arch.layers))
+    return list(submodule(model.hf, model.arch.layers))
 
 
 def attention_module(model, layer: int) -> torch.nn.Module:
     check_layer(model, layer)
-    return _get(layer_modules(model)[layer], model.arch.attention)
+    return submodule(layer_modules(model)[layer], model.arch.attention)
 
 
 def kv_head_of(model, head: int) -> int:
@@ -94,9 +94,9 @@ def hooked(model, edits: Edits):
             if site == "attention_inputs":
                 handles.append(attention_module(model, layer).register_forward_pre_hook(fn, with_kwargs=True))
             else:
-                handles.append(_get(attention_module(model, layer), model.arch.o_proj).register_forward_hook(fn))
+                handles.append(submodule(attention_module(model, layer), model.arch.o_proj).register_forward_hook(fn))
         for (module_name, layer), site_fns in by_module.items():
-            module = _get(attention_module(model, layer), module_name)
+            module = submodule(attention_module(model, layer), module_name)
             if "head_out" in site_fns:
                 handles.append(module.register_forward_pre_hook(_head_out_hook(model, site_fns["head_out"])))
             else:
@@ -265,7 +265,7 @@ def _qkv_hook(model, site_fns: dict[str, list[EditFn]]):
     return fused_hook
 
 
-def _get(root, dotted: str):
+def submodule(root, dotted: str):
     for part in dotted.split("."):
         root = getattr(root, part)
     return root

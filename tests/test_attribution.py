@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mechtest.errors import MechtestError
-from mechtest.methods.attribution import attribution_step, spearman, triage
+from mechtest.methods.path_patching.attribution import attribution_step, spearman, triage
 from mechtest.methods.circuits import load_circuit
 from mechtest.methods.discovery import discover_circuit
 from mechtest.methods.path_patching import Step, StepResult, patch_step

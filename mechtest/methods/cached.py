@@ -6,16 +6,13 @@ so xdist workers, later runs and every claim asking for the same thing share one
 
 from __future__ import annotations
 
-from mechtest.spec import STEP_PLAN
-
-
 def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 0, cache=None):
     """The four path-patching steps on ``base`` (corrupted with ``seed + 1``), read from ``cache`` if there.
 
     Only the score matrices are stored; each step's receivers follow from the previous step's scores
-    (``STEP_PLAN``), so the rebuilt result equals the computed one.
+    (``chain``), so the rebuilt result equals the computed one.
     """
-    from mechtest.methods.path_patching import PathPatchingResult, Step, StepResult, path_patching
+    from mechtest.methods.path_patching import StepResult, chain, path_patching
     from mechtest.tasks.entity_tracking import path_patching_corruption
 
     def run():
@@ -29,11 +26,5 @@ def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 
         key = cache.key(fingerprint=model.fingerprint, inputs=base.input_ids, site="path_patching",
                         dtype=model.dtype, extra={"receivers": receivers, "seed": seed})
         scores = cache.get_or_compute(key, run)
-    result = PathPatchingResult()
-    for planned in STEP_PLAN:
-        if planned.group not in scores:
-            continue
-        recv = tuple(result.steps[planned.previous].top(receivers[planned.group])) if planned.previous else ()
-        step = Step(planned.group, planned.position, recv, planned.receiver_site)
-        result.steps[planned.group] = StepResult(step, scores[planned.group], len(base), seed)
-    return result
+    return chain(lambda step: StepResult(step, scores[step.group], len(base), seed), receivers,
+                 list(scores))

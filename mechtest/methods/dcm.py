@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mechtest.errors import CircuitError, TaskError
-from mechtest.forward import _accepts_logits_to_keep, _progress, dataset_logits
+from mechtest.compat import accepts_logits_to_keep
+from mechtest.forward import dataset_logits, progress_bar
 from mechtest.heads import check_heads, hooked, run_and_read, set_heads
 from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
@@ -128,7 +129,7 @@ def dcm_on_pairs(model, heads: Sequence[Head], group: str, train, val, test, *, 
     best: tuple[float, int, torch.Tensor] | None = None  # (val acc, n patched, mask)
     history = []
     with _frozen(model):
-        for step, (_, start) in enumerate(_progress(steps, f"DCM {group}/{train.name}" if progress else None,
+        for step, (_, start) in enumerate(progress_bar(steps, f"DCM {group}/{train.name}" if progress else None,
                                                      len(steps)), 1):
             with torch.no_grad():
                 mask.clamp_(0.0, 1.0)
@@ -181,7 +182,7 @@ def functionality_patching(model, heads: Iterable[Head], group: str, desideratum
     heads = tuple(dict.fromkeys((int(l), int(h)) for l, h in heads))
     check_heads(model, heads)
     accuracies, all_hits = [], []
-    for i in _progress(range(repeats), f"patching {group}/{desideratum}" if progress else None, repeats):
+    for i in progress_bar(range(repeats), f"patching {group}/{desideratum}" if progress else None, repeats):
         pairs = desiderata(model.tokenizer, desideratum, n_prompts, n_boxes=n_boxes, seed=seed + i)
         if heads:
             src = _source_values(model, heads, group, pairs, batch_size)
@@ -256,7 +257,7 @@ def _mixed_logits(model, heads, group, pairs, sl: slice, src: torch.Tensor, mask
     ids = base.input_ids[sl].to(model.device)
     last = base.last_pos[sl].to(model.device)
     keep = int(ids.shape[1] - last.min().item())
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     with torch.enable_grad(), hooked(model, edits):
         out = model.hf(input_ids=ids, attention_mask=base.attention_mask[sl].to(model.device), use_cache=False,
                        **kwargs)

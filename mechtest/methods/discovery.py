@@ -33,7 +33,7 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
     """Find the entity-tracking circuit of ``model`` from scratch, with the paper's procedure.
 
     ``triage=True`` scores every head by attribution and path-patches exactly only the top candidates
-    (``mechtest.methods.attribution.triage``); the default scores every head exactly.
+    (``mechtest.methods.path_patching.attribution.triage``); the default scores every head exactly.
     """
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set, path_patching_corruption
 
@@ -43,7 +43,7 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
     base = make_dataset(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed)
     corrupt = path_patching_corruption(base, model.tokenizer, seed=seed + 1)
     if triage:
-        from mechtest.methods.attribution import triage as triage_path_patching
+        from mechtest.methods.path_patching.attribution import triage as triage_path_patching
 
         scores = triage_path_patching(model, base, corrupt, receivers=receivers, sizes=sizes, seed=seed,
                                       batch_size=batch_size, progress=progress).result

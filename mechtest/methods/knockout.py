@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mechtest.errors import HeadIndexError, MechtestError
-from mechtest.forward import _progress, dataset_logits
+from mechtest.forward import dataset_logits, progress_bar
 from mechtest.heads import check_layer, hooked
 from mechtest.measure import Measurement, proportion
 
@@ -117,7 +117,7 @@ def attention_knockout(model, dataset, edge: str | tuple[torch.Tensor, torch.Ten
     base = dataset_logits(model, dataset, batch_size=batch_size)
     base_hits = (base.argmax(-1) == dataset.answer_ids).numpy()
     measurements = []
-    for layer in _progress(start_layers, f"knockout {name}" if progress else None, len(start_layers)):
+    for layer in progress_bar(start_layers, f"knockout {name}" if progress else None, len(start_layers)):
         check_layer(model, layer)
         hits = knockout_correct(model, dataset, from_pos, to_pos, layer, batch_size=batch_size)
         measurements.append(proportion(f"knockout_accuracy[{name}, L>={layer}]", hits, seed=seed))

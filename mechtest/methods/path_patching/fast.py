@@ -5,7 +5,7 @@ P can change. In run A every head output at P is frozen, so attention is irrelev
 reduces to the single token at P (embedding + residual + MLPs, position id P), with no prefix at all.
 Run B changes nothing before P either, so it recomputes only positions >= P on top of the clean run's
 key/value cache, and only layers from the lowest patched receiver up. Equality with the naive reference
-(``path_patching_reference``) is tested on every architecture.
+(``reference``) is tested on every architecture.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 
 from mechtest.compat import accepts_logits_to_keep, cache_kwarg
 from mechtest.heads import hooked, record
-from mechtest.methods.path_patching_batch import (BatchContext, StopForward, constant,
+from mechtest.methods.path_patching.batch import (BatchContext, StopForward, constant,
                                                   fused_attention, prefix_cache, receiver_layers,
                                                   receivers_by_layer, start_at_layer, stop_forward)
 
 if TYPE_CHECKING:
-    from mechtest.methods.path_patching import Step
+    from mechtest.methods.path_patching.core import Step
 
 
 def fast_scores(model, ctx: BatchContext, step: Step, senders, max_rows, budget) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mechtest.heads import hooked, masked_replace, record
-from mechtest.methods.path_patching_batch import BatchContext, receiver_layers, receivers_by_layer, set_at
+from mechtest.methods.path_patching.batch import BatchContext, receiver_layers, receivers_by_layer, set_at
 
 
 def naive_scores(model, ctx: BatchContext, step, senders) -> torch.Tensor:

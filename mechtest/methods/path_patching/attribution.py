@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 import torch
 
 from mechtest.errors import MechtestError
-from mechtest.forward import _progress
+from mechtest.forward import progress_bar
 from mechtest.heads import hooked
-from mechtest.methods.path_patching import (DEFAULT_RECEIVERS, PLAN, PathPatchingResult, Step, StepResult,
-                                            _corrupt_positions, _positions, _validate, patch_step)
-from mechtest.methods.path_patching_batch import BatchContext, constant, receivers_by_layer, set_at
-from mechtest.methods.path_patching_fast import fast_scores, run_a
+from mechtest.methods.path_patching.batch import BatchContext, constant, receivers_by_layer, set_at
+from mechtest.methods.path_patching.core import (DEFAULT_RECEIVERS, PLAN, PathPatchingResult, Step, StepResult,
+                                                 chain, corrupt_positions, positions, validate)
+from mechtest.methods.path_patching.fast import fast_scores, run_a
+from mechtest.methods.path_patching.patching import patch_step
 
 METHODS = ("gradient", "hybrid")
 METRICS = ("logodds", "prob")
@@ -67,16 +68,8 @@ def attribution_scores(model, base, corrupt, *, receivers: dict[str, int] | None
                        groups: Sequence[str] = tuple(g for g, *_ in PLAN), progress: bool = True,
                        ) -> PathPatchingResult:
     """The four steps of spec 4.4 on attribution estimates; each step's top-k estimates are the receivers."""
-    k = {**DEFAULT_RECEIVERS, **(receivers or {})}
-    result = PathPatchingResult()
-    for group, position, previous, site in PLAN:
-        if group not in groups:
-            continue
-        recv = tuple(result.steps[previous].top(k[group])) if previous else ()
-        result.steps[group] = attribution_step(model, base, corrupt, Step(group, position, recv, site), seed=seed,
-                                               batch_size=batch_size, method=method, metric=metric,
-                                               progress=progress)
-    return result
+    return chain(lambda step: attribution_step(model, base, corrupt, step, seed=seed, batch_size=batch_size,
+                                               method=method, metric=metric, progress=progress), receivers, groups)
 
 
 def triage(model, base, corrupt, *, receivers: dict[str, int] | None = None, sizes: dict[str, int] | None = None,
@@ -91,26 +84,23 @@ def triage(model, base, corrupt, *, receivers: dict[str, int] | None = None, siz
     """
     k = {**DEFAULT_RECEIVERS, **(receivers or {})}
     sizes = sizes or {}
-    result, estimates, verified = PathPatchingResult(), PathPatchingResult(), {}
+    estimates, verified = PathPatchingResult(), {}
     following = {previous: group for group, _, previous, _ in PLAN if previous}
-    for group, position, previous, site in PLAN:
-        if group not in groups:
-            continue
-        recv = tuple(result.steps[previous].top(k[group])) if previous else ()
-        step = Step(group, position, recv, site)
+
+    def score(step: Step) -> StepResult:
         est = attribution_step(model, base, corrupt, step, seed=seed, batch_size=batch_size, method=method,
                                metric=metric, progress=progress)
-        needed = max(sizes.get(group, 0), k.get(following.get(group), 0), 1)
+        needed = max(sizes.get(step.group, 0), k.get(following.get(step.group), 0), 1)
         chosen = candidates(est, max(minimum, math.ceil(margin * needed)))
         exact = patch_step(model, base, corrupt, step, seed=seed, batch_size=batch_size, senders=chosen,
                            progress=progress)
         mask = torch.zeros_like(est.scores, dtype=torch.bool)
         mask[tuple(zip(*chosen))] = True
-        scores = torch.where(mask, exact.scores, est.scores)
-        result.steps[group] = StepResult(step, scores, exact.n_prompts, seed, verified=mask)
-        estimates.steps[group] = est
-        verified[group] = tuple(sorted(chosen))
-    return Triage(result, estimates, verified)
+        estimates.steps[step.group] = est
+        verified[step.group] = tuple(sorted(chosen))
+        return StepResult(step, torch.where(mask, exact.scores, est.scores), exact.n_prompts, seed, verified=mask)
+
+    return Triage(chain(score, receivers, groups), estimates, verified)
 
 
 def attribution_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,
@@ -121,14 +111,14 @@ def attribution_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_s
         raise MechtestError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
     if metric not in METRICS:
         raise MechtestError(f"unknown attribution metric {metric!r}; use one of {', '.join(METRICS)}")
-    _validate(model, base, corrupt, step)
-    p_start = _positions(base, step.position)
-    p_corr = _corrupt_positions(corrupt, step.position, seed)
+    validate(model, base, corrupt, step)
+    p_start = positions(base, step.position)
+    p_corr = corrupt_positions(corrupt, step.position, seed)
     totals = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     reach = torch.zeros_like(totals) if method == "hybrid" and step.receivers else None
     n = len(base)
     starts = list(range(0, n, batch_size))
-    for start in _progress(starts, f"attribution {step.group}" if progress else None, len(starts)):
+    for start in progress_bar(starts, f"attribution {step.group}" if progress else None, len(starts)):
         sl = slice(start, min(start + batch_size, n))
         ctx = BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], need_kv=True)
         scores, batch_reach = _batch_scores(model, ctx, step, method, metric, max_rows)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mechtest.compat import cache_tensors, make_cache, output_cache
-from mechtest.heads import _get, hooked, kv_head_of, record, run_and_read
+from mechtest.heads import hooked, kv_head_of, record, run_and_read, submodule
 
 
 @dataclass
@@ -74,7 +74,7 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
         yield
         return
     parent_path, _, name = model.arch.layers.rpartition(".")
-    parent = _get(model.hf, parent_path)
+    parent = submodule(model.hf, parent_path)
     layers = getattr(parent, name)
 
     def feed(module, args, kwargs):
