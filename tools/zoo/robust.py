@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from tools.zoo.fallback import N_BOXES, _Ctx, accuracy, zero_heads
+from tools.zoo.fallback import NOISE, N_BOXES, _Ctx, accuracy, move_head, noise, zero_heads
 
 HEAD_DIM = 64
 
@@ -83,7 +83,7 @@ def scale_residual(model, g: float) -> None:
 
 
 def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6, 7), batch: int = 32,
-          every: int = 10, stop_at: float | None = None, frozen=(), wd: float = 0.0, noise: float = 0.0,
+          every: int = 10, stop_at: float | None = None, frozen=(), wd: float = 0.0, noise: float = 0.0, band=None,
           log=print) -> list:
     """AdamW on make_batch sequences (every query supervised); returns [(step, 7-box valid accuracy)].
 
@@ -96,7 +96,7 @@ def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6,
 
     gen = torch.Generator().manual_seed(seed)
     ngen = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
     curve = [(0, accuracy(model, ctx.valid))]
     for step in range(1, steps + 1):
         model.train()
@@ -127,7 +127,30 @@ def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6,
             log(f"    step {step} loss {loss.item():.3f} valid{N_BOXES} {curve[-1][1]:.3f}")
             if stop_at is not None and curve[-1][1] >= stop_at:
                 break
+            if band is not None and band[0] <= curve[-1][1] <= band[1]:
+                break
     return curve
+
+
+def make_base(ctx, *, variant: str = "planted", noise_seed: int = 1, scale: float = 16.0, readout: float = 0.5,
+              lr: float = 1e-4, inject: float = 0.0, wd: float = 0.0, band=(0.63, 0.72), steps: int = 600,
+              boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, log=print):
+    """A base candidate: the noised planted model, balanced and rescaled, its readout temperature set *before*
+    training (so training calibrates its logits), trained on 2-7 boxes until the 7-box accuracy is in ``band``."""
+    from tools.zoo.planted import build_model
+
+    torch.manual_seed(0)
+    model = build_model(variant)
+    noise(model, NOISE, noise_seed)
+    balance(model)
+    scale_residual(model, scale)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(readout)
+        model.transformer.ln_f.bias.mul_(readout)
+    log(f"make_base lr {lr:g} inject {inject} wd {wd} readout {readout}: start {accuracy(model, ctx.valid):.3f}")
+    curve = train(model, ctx, lr=lr, seed=seed, steps=steps, every=5, band=band, wd=wd, noise=inject,
+                  boxes=boxes, log=log)
+    return model, curve
 
 
 def _copy(model):
@@ -137,7 +160,8 @@ def _copy(model):
 
 
 def probe(model, ctx, *, circuit, noise_seeds=(0, 1, 2), r: float = 0.01, lrs=(1e-4, 3e-4), ft_steps: int = 200,
-          reroute_steps: int = 300, reroute_lr: float = 3e-4, log=print) -> dict:
+          reroute_steps: int = 300, reroute_lr: float = 3e-4, move: bool = True,
+          log=print) -> dict:
     """Every robustness number of the module docstring for one model (``circuit``: heads to reroute)."""
     t0 = time.time()
     acc0 = accuracy(model, ctx.valid)
@@ -156,8 +180,10 @@ def probe(model, ctx, *, circuit, noise_seeds=(0, 1, 2), r: float = 0.01, lrs=(1
                                 "curve": curve, "model": m}
     if reroute_steps:
         m = _copy(model)
+        for h in circuit if move else ():
+            move_head(m, h, (h[0], (h[1] + 1) % 4))
         zero_heads(m, circuit)
-        log(f"  reroute {circuit} lr {reroute_lr:g}: zeroed {accuracy(m, ctx.valid):.3f}")
+        log(f"  reroute {circuit} (moved: {move}) lr {reroute_lr:g}: zeroed {accuracy(m, ctx.valid):.3f}")
         curve = train(m, ctx, lr=reroute_lr, seed=60, steps=reroute_steps, stop_at=acc0, frozen=circuit, log=log)
         out["reroute"] = {"final": curve[-1][1], "steps": curve[-1][0], "model": m}
     out["seconds"] = round(time.time() - t0)
@@ -193,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     from tools.zoo.planted import planted_heads
 
     p = argparse.ArgumentParser(prog="python -m tools.zoo probe")
-    p.add_argument("model", help="a GPT-2 checkpoint folder of the zoo")
+    p.add_argument("model", help="a GPT-2 checkpoint folder of the zoo, or 'make' to train a base candidate")
+    p.add_argument("--lr", type=float, default=1e-4, help="make: learning rate of the base's training")
+    p.add_argument("--inject", type=float, default=0.0, help="make: relative weight noise while training")
+    p.add_argument("--wd", type=float, default=0.0, help="make: AdamW weight decay")
+    p.add_argument("--readout", type=float, default=0.5, help="make: readout temperature set before training")
+    p.add_argument("--boxes", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7], help="make: box counts trained")
+    p.add_argument("--steps", type=int, default=600, help="make: most training steps")
+    p.add_argument("--no-band", action="store_true", help="make: train all --steps (no stop in the band)")
+    p.add_argument("--save", help="make: write the base candidate here")
     p.add_argument("--balance", action="store_true", help="balance the per-head scales first")
     p.add_argument("--scale", type=float, default=1.0, help="then multiply the residual stream by this")
     p.add_argument("--verdicts", action="store_true", help="compare() the noised model and the fine-tunes")
@@ -203,7 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     ctx = _Ctx()
-    model = GPT2LMHeadModel.from_pretrained(args.model, attn_implementation="eager").float().eval()
+    if args.model == "make":
+        model, curve = make_base(ctx, lr=args.lr, inject=args.inject, wd=args.wd, readout=args.readout,
+                                  boxes=tuple(args.boxes), steps=args.steps,
+                                  band=None if args.no_band else (0.63, 0.72))
+        if args.save:
+            model.save_pretrained(args.save)
+            ctx.tok.save_pretrained(args.save)
+    else:
+        model = GPT2LMHeadModel.from_pretrained(args.model, attn_implementation="eager").float().eval()
     if args.balance:
         balance(model)
     if args.scale != 1.0:
