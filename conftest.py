@@ -20,3 +20,12 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    # the test tiers of pyproject.toml: a test that is neither slow nor real is fast
+    import pytest
+
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in ("slow", "real")):
+            item.add_marker(pytest.mark.fast)

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mechtest.api import Mechtest  # noqa: E402
-from mechtest.model_registry import ModelSpec, Settings, read_task_settings  # noqa: E402
+from mechtest.model_registry import ModelSpec, read_task_settings  # noqa: E402
+from mechtest.settings import Settings  # noqa: E402
 
 
 def main() -> None:

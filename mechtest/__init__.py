@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from mechtest.version import __version__
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {

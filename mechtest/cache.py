@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-import mechtest
 from mechtest.errors import CacheError
+from mechtest.version import __version__
 
 FORMAT = "mechtest-activation-cache-1"
 SUFFIX = ".safetensors"
@@ -82,7 +82,7 @@ class ActivationCache:
         """Hex sha256 of everything the activations depend on; stable across processes and runs."""
         payload = {
             "format": FORMAT,
-            "version": mechtest.__version__,
+            "version": __version__,
             "fingerprint": str(fingerprint),
             "inputs": _tensor_summary(inputs),
             "site": str(site),
@@ -191,7 +191,7 @@ class ActivationCache:
         metadata = {
             "format": FORMAT,
             "key": key,
-            "mechtest_version": mechtest.__version__,
+            "mechtest_version": __version__,
             "sha256": _checksum(tensors),
         }
         try:

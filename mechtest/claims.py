@@ -30,13 +30,13 @@ from typing import Any
 from mechtest.decision import DEFAULT_MAX_PROMPTS, DEFAULT_RULE, POLICIES, RULES
 from mechtest.errors import CircuitError, ClaimError
 from mechtest.metrics import REGISTRY, Field
+from mechtest.spec import VERDICTS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-VERDICTS = ("preserved", "not preserved")
 DEFAULT_N_PROMPTS = 500
 
 # fields every claim may have, whatever its metric
@@ -74,7 +74,7 @@ class Expectation:
         expects = REGISTRY[metric].expects if metric in REGISTRY else "number"
         if expects == "verdict":
             word = " ".join(text.split()).lower()
-            if word not in VERDICTS:
+            if word not in VERDICTS[:2]:
                 raise ValueError(f'expect must be "preserved" or "not preserved" for a verdict, got {text!r}')
             return cls(text, "verdict", verdict=word)
         if expects == "snapshot":
@@ -130,7 +130,11 @@ class Claim:
     params: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def get(self, key: str, default=None):
-        return self.params.get(key, default)
+        """The field's value, else the metric's ``Field.default`` for it, else ``default``."""
+        if key in self.params:
+            return self.params[key]
+        spec = REGISTRY[self.metric].fields.get(key) if self.metric in REGISTRY else None
+        return default if spec is None or spec.default is None else spec.default
 
     def where(self) -> str:
         return f"{self.path}, claim {self.id!r}"

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 import torch
 
 from mechtest.errors import HeadIndexError, MechtestError
+from mechtest.spec import SITES
 
-SITES = ("head_out", "q", "k", "v")
 MODULE_SITES = ("attention_inputs", "o_proj_output")
 EditFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 Edits = Mapping[tuple[str, int], "EditFn | Sequence[EditFn]"]

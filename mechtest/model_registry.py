@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtest.errors import ModelLoadError
+from mechtest.settings import Settings  # noqa: F401  (the registry reads models, device, dtype from it)
 
 DEFAULT_N_BOXES = 7
 
@@ -31,22 +32,6 @@ class ModelSpec:
         from mechtest.model_ref import resolve_model
 
         return resolve_model(self.ref, base_dir=self.base_dir)
-
-
-@dataclass
-class Settings:
-    """Run-wide options of the plugin (or of a hand-made :class:`~mechtest.api.Mechtest`)."""
-
-    models: dict[str, ModelSpec] = field(default_factory=dict)
-    device: str | None = None
-    dtype: str | None = None
-    cache_dir: Path = Path(".mechtest_cache")
-    prompts: int | None = None
-    report_dir: Path | None = None
-    update_snapshots: bool = False
-    inconclusive: str | None = None  # "pass" | "fail" | "xfail": overrides every claim's own policy
-    recompute: bool = False  # ignore cached claim results
-    max_models: int | None = None  # at most this many models resident; the least recently used is released
 
 
 def parse_model_option(text: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
+from mechtest.result_cache import ResultCache
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class PlanRow:
     note: str = ""
 
 
-def plan_rows(api, items, *, timed: bool = True) -> list[PlanRow]:
+def plan_rows(service, items, *, timed: bool = True) -> list[PlanRow]:
     """One row per claim item (objects with ``claim`` and ``model_name``), cheapest facts first."""
     from mechtest.runner import cache_key
 
@@ -36,17 +37,17 @@ def plan_rows(api, items, *, timed: bool = True) -> list[PlanRow]:
     for item in items:
         claim, name = item.claim, item.model_name
         metric = get_metric(claim.metric)
-        n = api.n_prompts(claim.max_prompts if claim.n_prompts == "auto" else claim.n_prompts)
-        missing = [m for m in (name, *metric.models_needed(claim.params)) if not api.is_configured(m)]
+        n = service.n_prompts(claim.max_prompts if claim.n_prompts == "auto" else claim.n_prompts)
+        missing = [m for m in (name, *metric.models_needed(claim.params)) if not service.is_configured(m)]
         if missing:
             rows.append(PlanRow(claim.id, name, claim.metric, n, 0, False, None, f"skipped: {missing[0]} not configured"))
             continue
         try:
-            heads = _heads_total(api, name)
-            key = cache_key(api, claim, metric, name)
-            cached = key is not None and api.results.get(key) is not None
+            heads = _heads_total(service, name)
+            key = cache_key(service, claim, metric, name)
+            cached = key is not None and ResultCache(service.settings.cache_dir).get(key) is not None
             if timed and name not in per_forward:
-                per_forward[name] = _time_one_forward(api, name)
+                per_forward[name] = _time_one_forward(service, name)
         except MechtestError as e:
             rows.append(PlanRow(claim.id, name, claim.metric, n, 0, False, None, f"error: {e}"))
             continue
@@ -72,9 +73,9 @@ def plan_lines(rows: list[PlanRow]) -> list[str]:
     return lines
 
 
-def _heads_total(api, name: str) -> int:
+def _heads_total(service, name: str) -> int:
     """Layers x heads from the checkpoint's config.json, without loading it (1 if it cannot be read)."""
-    ref = api.models.ref(name)
+    ref = service.models.ref(name)
     try:
         config = json.loads((ref.path / "config.json").read_text())
         return int(config.get("num_hidden_layers", config.get("n_layer", 1))) * int(
@@ -83,17 +84,17 @@ def _heads_total(api, name: str) -> int:
         return 1
 
 
-def _time_one_forward(api, name: str) -> float:
+def _time_one_forward(service, name: str) -> float:
     """Seconds of one forward pass of one evaluation prompt (best of three, after a warm-up)."""
     import torch
 
     from mechtest.tasks.entity_tracking import make_dataset
 
     key = ("seconds per forward", name)
-    if key in api._memo:  # progress lines ask once per claim: time each model once per session
-        return api._memo[key]
-    model = api.model(name)
-    data = make_dataset(model.tokenizer, 1, n_boxes=api.n_boxes(name), seed=0)
+    if key in service.memo:  # progress lines ask once per claim: time each model once per session
+        return service.memo[key]
+    model = service.model(name)
+    data = make_dataset(model.tokenizer, 1, n_boxes=service.n_boxes(name), seed=0)
     ids = data.input_ids.to(model.device)
     best = float("inf")
     with torch.no_grad():
@@ -101,7 +102,7 @@ def _time_one_forward(api, name: str) -> float:
             start = time.perf_counter()
             model.hf(ids)
             best = min(best, time.perf_counter() - start)
-    api._memo[key] = best
+    service.memo[key] = best
     return best
 
 

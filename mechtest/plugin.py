@@ -21,7 +21,8 @@ from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
 from mechtest.errors import ClaimError, MechtestError
 from mechtest.metrics import get_metric
-from mechtest.model_registry import ModelSpec, Settings, parse_model_option, worker_device
+from mechtest.model_registry import ModelSpec, parse_model_option, worker_device
+from mechtest.settings import Settings
 from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 
 SESSION_KEY = pytest.StashKey[Mechtest]()

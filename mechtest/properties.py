@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mechtest.errors import MechtestError
+from mechtest.spec import PROPERTY_KINDS as KINDS
 
-KINDS = ("agrees_with:<model>", "circuit_agrees", "knockout_breaks", "knockout_keeps")
 _SESSIONS: list = []  # the plugin's Mechtest while a pytest session runs (bind), for prompts("name")
 # running prompts through a model, a circuit or a knockout: mechtest.methods.predictions (imports torch)
 _PREDICTIONS = ("EDGES", "Prediction", "run", "run_circuit", "run_knockout", "reference_means")
@@ -79,7 +79,7 @@ def _named_prompts(name, n_boxes, min_boxes, max_boxes, api, objects, labels):
 
 def session_means(api, model, *, n: int | None = None, seed: int = 0) -> Callable[[int], object]:
     """:func:`reference_means` through the session's memo and on-disk cache (the circuit metrics' means)."""
-    return lambda n_boxes: api._means(api.model(model), n, n_boxes, seed)
+    return lambda n_boxes: api.ablation_means(api.model(model), n, n_boxes, seed)
 
 
 # ------------------------------------------------------------------------------------- properties

@@ -19,14 +19,14 @@ from mechtest.report.result import ClaimResult
 
 def claim_key(claim, model_name: str, *, fingerprints: dict[str, str], settings: dict, metric_version: str) -> str:
     """sha256 of what a claim's result depends on (see the module docstring)."""
-    import mechtest
+    from mechtest.version import __version__
 
     files = {}
     for value in claim.params.values():
         if isinstance(value, str) and value.endswith(".json") and Path(value).is_file():
             files[value] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
     payload = {
-        "mechtest": mechtest.__version__, "metric": claim.metric, "metric_version": metric_version,
+        "mechtest": __version__, "metric": claim.metric, "metric_version": metric_version,
         "params": claim.params, "expect": str(claim.expect), "n_prompts": claim.n_prompts, "seed": claim.seed,
         "n_boxes": claim.n_boxes, "decide": claim.decide, "max_prompts": claim.max_prompts, "model": model_name,
         "fingerprints": fingerprints, "files": files, "settings": settings,

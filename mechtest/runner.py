@@ -13,35 +13,35 @@ from mechtest.claims import Claim
 from mechtest.decision import ERROR, INCONCLUSIVE, PASS, decide, look_level, prompts_to_decide, schedule
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
-from mechtest.report.result import ClaimResult
-from mechtest.result_cache import claim_key
+from mechtest.report.result import ClaimResult, safe_name
+from mechtest.result_cache import ResultCache, claim_key
 
 
-def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[ClaimResult, BaseException | None]:
-    """Measure ``claim`` on ``model_name`` through the façade ``api`` and decide it (:mod:`mechtest.decision`).
+def run_claim(service, claim: Claim, model_name: str, nodeid: str = "") -> tuple[ClaimResult, BaseException | None]:
+    """Measure ``claim`` on ``model_name`` through the ``service`` (:class:`mechtest.service.Service`) and decide it (:mod:`mechtest.decision`).
 
     Returns the result and, when the measurement raised something other than a MechtestError (a bug, an
     out-of-memory, a torch error), that exception, for the caller to re-raise with its traceback.
     """
     metric = get_metric(claim.metric)
     seed = claim.seed
-    api.seeds.add(seed)
-    sequential = claim.n_prompts == "auto" and api.settings.prompts is None
-    sizes = schedule(claim.max_prompts) if sequential else [api.n_prompts(
+    service.seeds.add(seed)
+    sequential = claim.n_prompts == "auto" and service.settings.prompts is None
+    sizes = schedule(claim.max_prompts) if sequential else [service.n_prompts(
         claim.max_prompts if claim.n_prompts == "auto" else claim.n_prompts)]
     level = look_level(len(sizes))
     result = ClaimResult(id=claim.id, model=model_name, metric=claim.metric, value=None, ci_low=None,
                          ci_high=None, expect=str(claim.expect), passed=False, nodeid=nodeid, n_prompts=sizes[0],
                          seed=seed, n_boxes=claim.n_boxes, decide=claim.decide)
     circuit, raised = None, None
-    key = cache_key(api, claim, metric, model_name)
-    cached = api.results.get(key) if key else None
+    key = cache_key(service, claim, metric, model_name)
+    cached = ResultCache(service.settings.cache_dir).get(key) if key else None
     if cached is not None:
-        return _finished(api, claim, model_name, replace(cached, nodeid=nodeid, cached=True), None), None
+        return _finished(service, claim, model_name, replace(cached, nodeid=nodeid, cached=True), None), None
     try:
-        n_boxes = claim.n_boxes or api.n_boxes(model_name)
+        n_boxes = claim.n_boxes or service.n_boxes(model_name)
         for n in sizes:
-            outcome = metric.measure(api, claim, model_name, n=n, seed=seed, n_boxes=n_boxes)
+            outcome = metric.measure(service, claim, model_name, n=n, seed=seed, n_boxes=n_boxes)
             result, circuit = _decided(result, claim, outcome, n, n_boxes, level), outcome.circuit
             if result.outcome != INCONCLUSIVE:
                 break
@@ -50,37 +50,51 @@ def run_claim(api, claim: Claim, model_name: str, nodeid: str = "") -> tuple[Cla
     except Exception as e:  # noqa: BLE001  (recorded as ERROR, then re-raised by the caller)
         result = replace(result, outcome=ERROR, error=f"{type(e).__name__}: {first_line(e)}")
         raised = e
-    policy = api.settings.inconclusive or claim.inconclusive or "fail"
-    result = replace(result, passed=result.outcome == PASS or (result.outcome == INCONCLUSIVE and policy == "pass"))
+    policy = service.settings.inconclusive or claim.inconclusive or "fail"
+    result = replace(result, passed=result.outcome == PASS or (result.outcome == INCONCLUSIVE and policy == "pass"),
+                     rule=metric.decision_rule or "")
     if key and result.outcome != ERROR:
-        api.results.put(key, result)
-    return _finished(api, claim, model_name, result, circuit) if raised is None else result, raised
+        ResultCache(service.settings.cache_dir).put(key, result)
+    return _finished(service, claim, model_name, result, circuit) if raised is None else result, raised
 
 
-def _finished(api, claim: Claim, model_name: str, result: ClaimResult, circuit) -> ClaimResult:
-    """Draw the heat map of a path-patching claim or a failing claim when ``--mechtest-report`` asks."""
-    if api.settings.report_dir is None or not (claim.metric == "path_patching" or not result.passed):
+def _finished(service, claim: Claim, model_name: str, result: ClaimResult, circuit) -> ClaimResult:
+    """Draw the claim's heat map when ``--mechtest-report`` asks: for a failing claim, or for every claim of a
+    metric that ``always_draws_heatmap`` (path patching)."""
+    if service.settings.report_dir is None or not (get_metric(claim.metric).always_draws_heatmap or not result.passed):
         return result
-    from mechtest.report.heatmap import claim_heatmap
-
     if circuit is None and claim.get("circuit") and not claim.get("circuit").startswith("discovered:"):
-        circuit = api.circuit(claim.get("circuit"))
-    return replace(result, heatmap=claim_heatmap(api, claim, model_name, circuit, n=result.n_prompts,
-                                                 seed=result.seed, n_boxes=result.n_boxes))
+        circuit = service.circuit(claim.get("circuit"))
+    return replace(result, heatmap=_heatmap(service, claim, model_name, circuit, result))
 
 
-def cache_key(api, claim: Claim, metric, model_name: str) -> str | None:
+def _heatmap(service, claim: Claim, model_name: str, circuit, result: ClaimResult) -> str:
+    """The model's path-patching scores on the claim's sample, drawn; the PNG's path, or why it was not written."""
+    from mechtest.report.heatmap import heatmap
+
+    n, seed = result.n_prompts, result.seed
+    try:
+        scores = service.path_patching(model_name, n=n, seed=seed, n_boxes=result.n_boxes,
+                                       receivers=claim.get("receivers"))
+        path = service.settings.report_dir / f"{safe_name(claim.id)}[{safe_name(model_name)}].png"
+        return str(heatmap({g: s.scores.numpy() for g, s in scores.steps.items()}, path, circuit=circuit,
+                           title=f"{claim.id} on {model_name}: path-patching scores (n={n}, seed={seed})"))
+    except (MechtestError, ImportError, OSError) as e:
+        return f"not written ({type(e).__name__}: {e})"
+
+
+def cache_key(service, claim: Claim, metric, model_name: str) -> str | None:
     """The claim's result-cache key, or None when it is not cacheable (or a model cannot be fingerprinted:
     the measurement then reports why)."""
-    extra = metric.cache_inputs(claim, model_name, api.settings)
-    if extra is None or api.settings.recompute:
+    extra = metric.cache_inputs(claim, model_name, service.settings)
+    if extra is None or service.settings.recompute:
         return None
     names = [model_name, *metric.models_needed(claim.params)]
     try:
-        fingerprints = {name: api.models.fingerprint(name) for name in names}
+        fingerprints = {name: service.models.fingerprint(name) for name in names}
     except MechtestError:
         return None
-    s = api.settings
+    s = service.settings
     return claim_key(claim, model_name, fingerprints=fingerprints, metric_version=metric.version,
                      settings={"prompts": s.prompts, "dtype": s.dtype, "device": s.device,
                                "inconclusive": s.inconclusive, **extra})

@@ -77,3 +77,22 @@ KNOCKOUT_EDGES: dict[str, tuple[str, str]] = {
 
 # CMAP (spec 7): what is carried from the donor: pre-W_O head outputs, or their post-W_O contribution.
 CMAP_TRANSFERS = ("head_output", "head_contribution")
+
+# the fine-tuning gate's outcomes (mechtest.methods.compare); a claim may expect the first two
+VERDICTS = ("preserved", "not preserved", "inconclusive")
+# attention edges whose knockout a property claim may state (the random-target edges are controls only)
+PROPERTY_EDGES = tuple(name for name, (_, to) in KNOCKOUT_EDGES.items() if to != "random")
+# property claims (mechtest.properties): what is stated about every generated prompt
+PROPERTY_KINDS = ("agrees_with:<model>", "circuit_agrees", "knockout_breaks", "knockout_keeps")
+# random circuits (or random halves) drawn by random_circuit_faithfulness and completeness
+DEFAULT_DRAWS = 10
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """The seed of a prompt set derived from a claim's or a call's ``seed``, one rule for every method: the
+    path-patching corruption, discovery's minimality reference and the gate's evaluation sets must neither
+    coincide with the sample they are derived from nor with each other."""
+    return seed + _SEED_OFFSETS[purpose]
+
+
+_SEED_OFFSETS = {"corruption": 1, "minimality_reference": 2, "evaluation": 3, "evaluation_reference": 4}

@@ -46,6 +46,7 @@ def near_linear(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["gradient", "hybrid"])
+@pytest.mark.slow
 def test_attribution_agrees_with_exact_patching_on_a_near_linear_model(near_linear, method):
     base, corrupt = _data(near_linear, 8)
     for step in STEPS:
@@ -89,6 +90,7 @@ def test_triage_recovers_the_planted_circuit(variant):
 
 
 @pytest.mark.parametrize("variant", ["planted", "planted-b"])
+@pytest.mark.slow
 def test_triage_discovery_equals_exact_discovery(variant):
     model = load_model(ROOT / "fixtures" / "zoo" / variant, device="cpu")
     kw = dict(n_prompts=24, n_boxes=7, sizes=ONE, receivers=ONE, progress=False)

@@ -143,7 +143,7 @@ def _variants(monkeypatch) -> dict[str, str]:
         "extra_value": ActivationCache.key(**{**BASE, "extra": {"layer": 4}}),
         "extra_none": ActivationCache.key(**{**BASE, "extra": None}),
     }
-    monkeypatch.setattr(mechtest, "__version__", "999.0.0")
+    monkeypatch.setattr(mechtest.cache, "__version__", "999.0.0")
     keys["version"] = ActivationCache.key(**BASE)
     monkeypatch.undo()
     return keys
@@ -393,6 +393,7 @@ sys.exit(max(abs(c) for c in codes))
 """
 
 
+@pytest.mark.slow
 def test_racing_processes_compute_once_and_share(tmp_path):
     root, marker, go, results = tmp_path / "cache", tmp_path / "computed.txt", tmp_path / "go", tmp_path / "res"
     results.mkdir()

@@ -149,6 +149,7 @@ def planted():
     return model, truth, data
 
 
+@pytest.mark.slow
 def test_planted_circuit_is_faithful_and_every_node_is_needed(planted):
     model, truth, (dataset, reference) = planted
     f = faithfulness(model, truth, dataset, reference)
@@ -159,6 +160,7 @@ def test_planted_circuit_is_faithful_and_every_node_is_needed(planted):
     assert random_circuit_faithfulness(model, truth, dataset, reference, n_draws=5).value <= 0.35
 
 
+@pytest.mark.slow
 def test_minimality_prunes_decoys_and_keeps_the_planted_heads(planted):
     model, truth, (dataset, reference) = planted
     decoys = {"value_fetcher": [[3, 0]], "pos_transmitter": [[2, 0]], "pos_detector": [[1, 3]], "struct_reader": [[0, 1]]}

@@ -100,6 +100,7 @@ def test_cmap_mismatches_are_errors(planted, data, tmp_path):
 
 # --- attention knockout ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_knockout_curves_follow_the_planted_layers(planted, data):
     obj = attention_knockout(planted, data, "last->object", progress=False)
     control = attention_knockout(planted, data, "last->random", progress=False)
@@ -192,6 +193,7 @@ def zoo():
     return base, ft, make_dataset(base.tokenizer, 150, n_boxes=n_boxes, seed=7)
 
 
+@pytest.mark.slow
 def test_zoo_cmap_finetuned_into_base_closes_the_gap(zoo):
     base, ft, data = zoo
     base_acc, ft_acc = accuracy(base, data).value, accuracy(ft, data).value
@@ -200,6 +202,7 @@ def test_zoo_cmap_finetuned_into_base_closes_the_gap(zoo):
     assert patched.value >= base_acc + 0.5 * (ft_acc - base_acc), (base_acc, ft_acc, patched.explain())
 
 
+@pytest.mark.slow
 def test_zoo_knockout_last_to_query_label_in_layer_0(zoo):
     _, ft, data = zoo
     label = attention_knockout(ft, data, "last->query_label", progress=False)

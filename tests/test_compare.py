@@ -36,6 +36,7 @@ def planted_vs_itself(planted):
     return compare(planted, planted, **FAST)
 
 
+@pytest.mark.slow
 def test_same_function_other_heads_is_not_preserved(planted_vs_b):
     c = planted_vs_b
     assert c.verdict == "not preserved" and not c.preserved
@@ -65,6 +66,7 @@ def test_explain_and_json_carry_every_check(planted_vs_b):
     assert set(check) >= {"value", "ci_low", "ci_high", "bound", "outcome"} and check["bound"] == 0.8
 
 
+@pytest.mark.slow
 def test_a_model_against_itself_is_preserved(planted_vs_itself):
     c = planted_vs_itself
     assert c.verdict == "preserved", c.explain()
@@ -99,11 +101,13 @@ def test_a_straddling_interval_is_inconclusive_with_the_prompts_that_would_decid
 
 # --- controls built to fool the gate ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_small_weight_noise_is_preserved(planted):
     tuned = compare(planted, noisy(ZOO / "planted", 0.0005, "planted-tuned"), **FAST)
     assert tuned.verdict == "preserved", tuned.explain()
 
 
+@pytest.mark.slow
 def test_damaged_weights_are_not_preserved(planted):
     broken = compare(planted, noisy(ZOO / "planted", 0.01, "planted-broken"), **FAST)
     assert broken.verdict == "not preserved", broken.explain()

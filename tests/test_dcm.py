@@ -122,6 +122,7 @@ def test_functionality_patching_repeats_use_fresh_pairs(planted):
     assert r.accuracies == pytest.approx(floors)
 
 
+@pytest.mark.slow
 def test_functionality_patching_across_models(planted, planted_b):
     """Heads found on planted, applied to planted-b (same shape, other slots): they do nothing there."""
     ours = functionality_patching(planted_b, [VF], "value_fetcher", "object_value", n_prompts=35, repeats=1,

@@ -87,3 +87,32 @@ def test_an_unknown_metric_lists_the_registered_ones(tmp_path):
     path.write_text('[[claim]]\nid = "x"\nmetric = "magic"\nmodels = ["a"]\nexpect = ">= 1"\n')
     with pytest.raises(ClaimError, match="known metrics: accuracy, faithfulness"):
         load_claims(path)
+
+
+def _readme_block(after: str, lang: str) -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index(f"```{lang}\n", readme.index(after)) + len(lang) + 4
+    return readme[start:readme.index("```", start)]
+
+
+def test_the_readme_metric_with_its_own_memoised_method_runs(pytester):
+    """The README's user metric (a Field default, a method memoised through ``service.memoised``) works from a
+    conftest without editing the package, and its memoised method runs once for two claims on the same sample."""
+    conftest = _readme_block("### Write your own metric", "python")
+    conftest = conftest.replace("def answer_margin_hits(model, data, margin):",
+                                "CALLS = []\n\n\ndef answer_margin_hits(model, data, margin):\n    CALLS.append(margin)")
+    conftest += '''
+
+def pytest_sessionfinish(session):
+    print(f"margin method ran {len(CALLS)} time(s)")
+'''
+    pytester.makeconftest(conftest)
+    claim = _readme_block("### Write your own metric", "toml").replace('["candidate"]', '["zoo-planted"]')
+    pytester.makefile(".toml", claims=claim + claim.replace("answers-with-margin", "again-with-margin"))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-s", "--mechtest-prompts", "20",
+                                          "--mechtest-inconclusive", "pass", "--mechtest-recompute")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*margin method ran 1 time(s)*", "again-with-margin*zoo-planted*PASS",
+                                 "answers-with-margin*zoo-planted*PASS"])

@@ -45,6 +45,7 @@ def test_fast_engine_equals_naive_reference_on_every_architecture(arch, tmp_path
         torch.testing.assert_close(fast.scores, naive.scores, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fast_engine_equals_naive_reference_on_planted():
     model = load_model(PLANTED, device="cpu")
     base, corrupt = _data(model, 16, n_boxes=5)
@@ -93,6 +94,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 @pytest.mark.skipif(not ZOO_BASE.joinpath("config.json").exists(), reason="zoo base checkpoint not built")
+@pytest.mark.slow
 def test_fast_engine_equals_naive_reference_on_the_zoo():
     model = load_model(ZOO_BASE, device="cpu")
     n_boxes = json.loads((ZOO_BASE / "mechtest.json").read_text())["n_boxes"]

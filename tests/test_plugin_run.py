@@ -77,6 +77,7 @@ expect = ">= 0.9"
 """
 
 
+@pytest.mark.slow
 def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_dir):
     pytester.makefile(".toml", claims=CLAIMS)
     result = run(pytester, cache_dir, "-rs", "--mechtest-json", "out.json", "--mechtest-report", "maps",
@@ -185,6 +186,7 @@ def test_gate_is_skipped_without_base_and_candidate(pytester, cache_dir):
     result.stdout.fnmatch_lines(["*model 'candidate' is not configured: pass --mechtest-model candidate=PATH*"])
 
 
+@pytest.mark.slow
 def test_gate_planted_b_does_not_keep_the_planted_mechanism(pytester, cache_dir):
     result = gate(pytester, cache_dir, PLANTED, PLANTED_B)
     result.assert_outcomes(failed=1)
@@ -201,6 +203,7 @@ def test_gate_passes_when_the_candidate_is_the_base(pytester, cache_dir):
 
 
 @pytest.mark.parametrize("candidate, passes", [("zoo-finetuned", True), ("zoo-other", False)])
+@pytest.mark.slow
 def test_gate_on_the_trained_zoo(pytester, candidate, passes):
     zoo = ZOO_MODELS
     shutil.copy(GATE, pytester.path / GATE.name)
@@ -302,6 +305,7 @@ decide = "estimate"
 """
 
 
+@pytest.mark.slow
 def test_xdist_gives_the_same_json_and_computes_each_activation_once(pytester, tmp_path):
     pytester.makefile(".toml", claims=XDIST_CLAIMS)
     serial_cache, parallel_cache = tmp_path / "serial", tmp_path / "parallel"
@@ -333,7 +337,7 @@ def test_discovered_circuit_on_its_own_sample(pytester, cache_dir):
                                        'decide = "estimate"\nexpect = ">= 0.9"\n')
     pytester.makepyfile("""
         def test_discovery_sample(mechtest):
-            assert ("discover", "zoo-planted", 21, 7, 0) in mechtest._memo
+            assert ("discover", "zoo-planted", 21, 7, 0, False, False) in mechtest.memo
     """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={cache_dir}",
                                           "--mechtest-recompute")

@@ -164,6 +164,7 @@ def test_knockout_of_the_transmitter_edge_does_not_always_break_planted(planted)
 
 
 @pytest.mark.parametrize("first_box", [1, 2, 3, 6])  # 6: only 7-box prompts querying the last box fail
+@pytest.mark.slow
 def test_a_candidate_broken_for_late_boxes_shrinks_to_the_first_broken_box(planted, first_box):
     vocab = usable_vocabulary(planted.tokenizer)
     candidate = broken_from_box(planted, first_box)
@@ -235,6 +236,7 @@ expect = "== 1"
 """
 
 
+@pytest.mark.slow
 def test_property_claims_pass_fail_skip_and_report_the_minimal_prompt(pytester):
     pytester.makefile(".toml", claims=CLAIMS)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", "--mechtest-json", "out.json")
@@ -314,6 +316,7 @@ def test_an_unconfigured_model_skips(example):
 '''
 
 
+@pytest.mark.slow
 def test_hand_written_given_tests_shrink_and_honour_the_hypothesis_seed(pytester):
     pytester.makepyfile(test_hand=HAND_WRITTEN)
     outputs = []

@@ -50,6 +50,7 @@ def test_checkpoints_are_small_loadable_and_share_shape_and_tokenizer(base):
         assert model.shape == base.shape and model.tokenizer.get_vocab() == base.tokenizer.get_vocab(), folder
 
 
+@pytest.mark.slow
 def test_base_circuit_is_a_faithful_proper_subset(base, sample):
     circuit = load_circuit(CIRCUIT)
     assert len(circuit) <= base.n_layers * base.n_heads // 2
@@ -79,6 +80,7 @@ def _expected(folder: Path) -> str:
 
 @pytest.mark.parametrize("folder", [ZOO / "finetuned", ZOO / "other", *sorted(CONTROLS.iterdir())],
                          ids=lambda p: p.name)
+@pytest.mark.slow
 def test_controls_get_the_right_verdict(base, folder):
     candidate = load_model(folder, name=folder.name)
     c = compare(base, candidate, n_prompts=PROMPTS, n_boxes=N_BOXES, seed=0, progress=False)
@@ -87,6 +89,7 @@ def test_controls_get_the_right_verdict(base, folder):
         assert c.accuracy_difference.ci_low > 0 and c.cmap_explained.ci_low >= 0.5, c.explain()
 
 
+@pytest.mark.slow
 def test_scratch_trainer_smoke(tmp_path):
     """The from-scratch trainer (not the shipped zoo's builder) still runs and writes loadable checkpoints."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -33,9 +33,8 @@ from mechtest.decision import FAIL, INCONCLUSIVE, PASS, decide_interval, prompts
 from mechtest.measure import Measurement, difference, proportion, ratio, statistic
 from mechtest.methods.circuits import Circuit
 from mechtest.methods.cmap import check_compatible, cmap_correct
-from mechtest.spec import GROUPS
+from mechtest.spec import GROUPS, VERDICTS, derived_seed  # noqa: F401  (VERDICTS: re-exported)
 
-VERDICTS = ("preserved", "not preserved", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -144,8 +143,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
 
     Circuits are discovered in each model on ``n_discovery_prompts`` prompts (seed ``seed``), unless
     discoveries are passed in (the façade passes its cached ones, so a base is discovered once for every
-    candidate). Accuracy, faithfulness and CMAP use ``n_prompts`` other prompts (seeds ``seed + 3``, and
-    ``seed + 4`` for the mean-ablation reference).
+    candidate). Accuracy, faithfulness and CMAP use ``n_prompts`` other prompts (the derived ``"evaluation"`` and
+    ``"evaluation_reference"`` seeds, :func:`mechtest.spec.derived_seed`).
     """
     from mechtest.methods.discovery import discover_circuit
     from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
@@ -159,8 +158,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, progress=progress, cache=cache))
     circuit = disc_base.circuit
 
-    data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 3)
-    reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed + 4)
+    data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
+    reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
     base_hits = correct(base, data, batch_size=batch_size)
     cand_hits = correct(candidate, data, batch_size=batch_size)
 

@@ -19,10 +19,9 @@ from mechtest.errors import MechtestError
 from mechtest.forward import dataset_logits
 from mechtest.methods.evaluation import ablation_edits, ablation_means
 from mechtest.methods.knockout import edge_positions, knocked_out
-from mechtest.spec import KNOCKOUT_EDGES
+from mechtest.spec import PROPERTY_EDGES as EDGES
 
 # edges fixed by the prompt alone (a random key would differ between a batch and a replayed single prompt)
-EDGES = tuple(name for name, (_, to) in KNOCKOUT_EDGES.items() if to != "random")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+from mechtest.metrics.base import Field, Metric, Outcome, register_metric
+from mechtest.spec import DEFAULT_DRAWS
 
 ABLATION = Field("string", choices=("mean",), choices_message="only 'mean' ablation is implemented, got {value!r}",
                  doc="how heads outside the circuit are removed (spec 5.1)")
-N_DRAWS = Field("int", minimum=1, doc="random circuits / random halves drawn")
+N_DRAWS = Field("int", minimum=1, default=DEFAULT_DRAWS, doc="random circuits / random halves drawn")
 
 
 class CircuitMetric(Metric):
@@ -15,16 +16,18 @@ class CircuitMetric(Metric):
     def runs_per_prompt(self, claim) -> int:
         raise NotImplementedError
 
-    def call(self, api, claim, model, circuit, **sample):
+    def call(self, service, claim, model, circuit, **sample):
         raise NotImplementedError
 
     def forwards(self, claim, n, n_heads_total):
+        from mechtest.metrics.path_patching import path_patching_forwards  # (here: the registry keeps its order)
+
         discovered = str(claim.get("circuit", "")).startswith("discovered:")
         return self.runs_per_prompt(claim) * n + (path_patching_forwards(n, n_heads_total) if discovered else 0)
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
-        circuit = self.circuit_of(api, claim, n=n, seed=seed)
-        m = self.call(api, claim, model, circuit, n=n, seed=seed, n_boxes=n_boxes)
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
+        circuit = self.circuit_of(service, claim, n=n, seed=seed)
+        m = self.call(service, claim, model, circuit, n=n, seed=seed, n_boxes=n_boxes)
         return Outcome(m.value, m, circuit=circuit)
 
 
@@ -37,8 +40,8 @@ class Accuracy(CircuitMetric):
     def runs_per_prompt(self, claim):
         return 3 if claim.get("circuit") else 1
 
-    def call(self, api, claim, model, circuit, **sample):
-        return api.accuracy(model, circuit=circuit, **sample)
+    def call(self, service, claim, model, circuit, **sample):
+        return service.accuracy(model, circuit=circuit, **sample)
 
 
 @register_metric
@@ -50,8 +53,8 @@ class Faithfulness(CircuitMetric):
     def runs_per_prompt(self, claim):
         return 3  # the model, the circuit, the mean-ablation reference
 
-    def call(self, api, claim, model, circuit, **sample):
-        return api.faithfulness(model, circuit=circuit, **sample)
+    def call(self, service, claim, model, circuit, **sample):
+        return service.faithfulness(model, circuit=circuit, **sample)
 
 
 @register_metric
@@ -61,10 +64,10 @@ class RandomCircuitFaithfulness(CircuitMetric):
     fields = {"circuit": Field("circuit", required=True), "ablation": ABLATION, "n_draws": N_DRAWS}
 
     def runs_per_prompt(self, claim):
-        return 2 + claim.get("n_draws", 10)
+        return 2 + claim.get("n_draws")
 
-    def call(self, api, claim, model, circuit, **sample):
-        return api.random_circuit_faithfulness(model, circuit=circuit, n_draws=claim.get("n_draws", 10), **sample)
+    def call(self, service, claim, model, circuit, **sample):
+        return service.random_circuit_faithfulness(model, circuit=circuit, n_draws=claim.get("n_draws"), **sample)
 
 
 @register_metric
@@ -72,11 +75,11 @@ class Completeness(CircuitMetric):
     name = "completeness"
     description = "mean |F(C \\ K) - F(M \\ K)| over random halves or groups K (spec 5.3); lower is better"
     fields = {"circuit": Field("circuit", required=True), "ablation": ABLATION,
-              "mode": Field("string", choices=("random", "group")), "n_draws": N_DRAWS}
+              "mode": Field("string", choices=("random", "group"), default="random"), "n_draws": N_DRAWS}
 
     def runs_per_prompt(self, claim):
-        return 1 + 2 * claim.get("n_draws", 10)
+        return 1 + 2 * claim.get("n_draws")
 
-    def call(self, api, claim, model, circuit, **sample):
-        return api.completeness(model, circuit=circuit, mode=claim.get("mode", "random"),
-                                n_draws=claim.get("n_draws", 10), **sample)
+    def call(self, service, claim, model, circuit, **sample):
+        return service.completeness(model, circuit=circuit, mode=claim.get("mode"),
+                                n_draws=claim.get("n_draws"), **sample)

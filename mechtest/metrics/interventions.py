@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mechtest.metrics import Field, Metric, Outcome, register_metric
+from mechtest.metrics.base import Field, Metric, Outcome, register_metric
 from mechtest.spec import ADDITIONAL_DESIDERATA, DESIDERATA, GROUPS, KNOCKOUT_EDGES
 
 
@@ -17,9 +17,9 @@ class DCM(Metric):
     def forwards(self, claim, n, n_heads_total):
         return 2 * 2 * n + 3 * n  # two training epochs (forward + backward) and the evaluations
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
-        circuit = self.circuit_of(api, claim, n=n, seed=seed)
-        found = api.dcm(model, circuit=circuit, group=claim.get("group"), desideratum=claim.get("desideratum"),
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
+        circuit = self.circuit_of(service, claim, n=n, seed=seed)
+        found = service.dcm(model, circuit=circuit, group=claim.get("group"), desideratum=claim.get("desideratum"),
                         n=n, seed=seed, n_boxes=n_boxes)
         details = {"selected": [list(h) for h in found.selected], "group_size": len(found.heads)}
         if claim.get("quantity", "accuracy") == "selected_fraction":
@@ -42,10 +42,10 @@ class CMAPAccuracy(Metric):
     def forwards(self, claim, n, n_heads_total):
         return 3 * n  # the donor's run, the patched run, the model's own
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
-        circuit = self.circuit_of(api, claim, n=n, seed=seed)
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
+        circuit = self.circuit_of(service, claim, n=n, seed=seed)
         group = claim.get("group")
-        m = api.cmap(model, source=claim.get("source"), circuit=circuit, group=None if group == "full" else group,
+        m = service.cmap(model, source=claim.get("source"), circuit=circuit, group=None if group == "full" else group,
                      n=n, seed=seed, n_boxes=n_boxes)
         return Outcome(m.value, m, circuit=circuit)
 
@@ -59,9 +59,9 @@ class KnockoutAccuracy(Metric):
     def forwards(self, claim, n, n_heads_total):
         return 2 * n
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
         layer = claim.get("layer", 0)
-        curve = api.knockout(model, edge=claim.get("edge", "last->object"), layers=(layer,), n=n, seed=seed,
+        curve = service.knockout(model, edge=claim.get("edge", "last->object"), layers=(layer,), n=n, seed=seed,
                              n_boxes=n_boxes)
         m = curve.at(layer)
         return Outcome(m.value, m, detail=curve.explain())

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mechtest.metrics import Field, Metric, Outcome, path_patching_forwards, register_metric
+from mechtest.metrics.base import Field, Metric, Outcome, register_metric
 from mechtest.spec import GROUPS
+
+
+def path_patching_forwards(n: int, n_heads_total: int) -> int:
+    """Full-forward equivalents of the four path-patching steps with the fast engine: every head is a sender
+    in each step, and a sender's run touches ~1-3 of the prompt's positions (about a tenth of a forward)."""
+    return n * (2 + 4 * max(1, n_heads_total // 10))
 
 
 @register_metric
 class PathPatchingSnapshot(Metric):
     name = "path_patching"
     expects = "snapshot"
+    always_draws_heatmap = True
     def cache_inputs(self, claim, model: str, settings) -> dict | None:
         """The outcome also depends on the snapshot file: its content is part of the key; never on update."""
         if settings.update_snapshots:
@@ -31,20 +38,20 @@ class PathPatchingSnapshot(Metric):
             if group not in GROUPS[1:] or not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 fail("receivers", f"entries are {', '.join(GROUPS[1:])} = positive integer, got {group} = {k!r}")
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
         from mechtest.snapshots import ATOL, RTOL, check_claim_snapshot, to_payload
 
-        scores = api.path_patching(model, n=n, seed=seed, n_boxes=n_boxes, receivers=claim.get("receivers"))
+        scores = service.path_patching(model, n=n, seed=seed, n_boxes=n_boxes, receivers=claim.get("receivers"))
         payload = to_payload(scores)
         if claim.get("group"):
             payload["steps"] = {claim.get("group"): payload["steps"][claim.get("group")]}
         path = snapshot_path(claim, model)
         check = check_claim_snapshot(path, payload, settings={"n_prompts": n, "seed": seed, "n_boxes": n_boxes},
-                                     update=api.settings.update_snapshots, rtol=claim.get("rtol", RTOL),
+                                     update=service.settings.update_snapshots, rtol=claim.get("rtol", RTOL),
                                      atol=claim.get("atol", claim.get("tolerance", ATOL)))
         circuit = None
         if claim.get("circuit"):
-            circuit = self.circuit_of(api, claim, n=n, seed=seed)
+            circuit = self.circuit_of(service, claim, n=n, seed=seed)
         return Outcome(check.status, detail=check.detail, details={"snapshot": str(path)}, circuit=circuit)
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from mechtest.metrics import Field, Metric, Outcome, register_metric
-from mechtest.spec import KNOCKOUT_EDGES
-
-PROPERTIES = ("agrees_with:<model>", "circuit_agrees", "knockout_breaks", "knockout_keeps")
-EDGES = tuple(name for name, (_, to) in KNOCKOUT_EDGES.items() if to != "random")
+from mechtest.metrics.base import Field, Metric, Outcome, register_metric
+from mechtest.spec import PROPERTY_EDGES as EDGES
+from mechtest.spec import PROPERTY_KINDS as PROPERTIES
 _KNOCKOUTS = ("knockout_breaks", "knockout_keeps")
 
 
@@ -68,7 +66,7 @@ class PropertyMetric(Metric):
         spec = params.get("property") or ""
         return needed + [spec.split(":", 1)[1]] if spec.startswith("agrees_with:") else needed
 
-    def measure(self, api, claim, model, *, n, seed, n_boxes):
+    def measure(self, service, claim, model, *, n, seed, n_boxes):
         from mechtest import properties
         from mechtest.errors import MechtestError
 
@@ -76,11 +74,11 @@ class PropertyMetric(Metric):
         if min_boxes > max_boxes:
             raise MechtestError(f"min_boxes = {min_boxes} is more than the {max_boxes} boxes the claim runs on; "
                                 "set max_boxes or n_boxes")
-        circuit = self.circuit_of(api, claim, n=n, seed=seed)
-        prop = properties.from_spec(api, claim.get("property"), model, circuit=circuit, edge=claim.get("edge"),
+        circuit = self.circuit_of(service, claim, n=n, seed=seed)
+        prop = properties.from_spec(service, claim.get("property"), model, circuit=circuit, edge=claim.get("edge"),
                                     layer=claim.get("layer", 0), n_reference=n, seed=seed)
-        strategy = properties.prompts(api.model(model), min_boxes=min_boxes, max_boxes=max_boxes,
+        strategy = properties.prompts(service.model(model), min_boxes=min_boxes, max_boxes=max_boxes,
                                       objects=prop.objects, labels=prop.labels)
-        result = properties.check_property(prop, strategy, max_examples=api.n_prompts(claim.get("max_examples", n)),
+        result = properties.check_property(prop, strategy, max_examples=service.n_prompts(claim.get("max_examples", n)),
                                            seed=seed)
         return Outcome(result.fraction, detail=result.explain(), details=result.to_details(), circuit=circuit)

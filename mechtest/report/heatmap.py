@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mechtest.report.result import safe_name
-
 GROUP_TITLES = {"value_fetcher": "value fetcher (last)", "pos_transmitter": "position transmitter (last)",
                 "pos_detector": "position detector (query label)", "struct_reader": "structure reader (context)"}
 
@@ -50,16 +48,3 @@ def heatmap(scores: dict[str, Any], path: Path, *, title: str, circuit=None) -> 
     return path
 
 
-
-def claim_heatmap(api, claim, model_name: str, circuit, *, n: int, seed: int, n_boxes: int | None) -> str:
-    """Draw the claim's model's path-patching scores into ``--mechtest-report``; returns the path or why not."""
-    from mechtest.errors import MechtestError
-
-    try:
-        scores = api.path_patching(model_name, n=n, seed=seed, n_boxes=n_boxes, receivers=claim.get("receivers"))
-        path = api.settings.report_dir / f"{safe_name(claim.id)}[{safe_name(model_name)}].png"
-        heatmap({g: s.scores.numpy() for g, s in scores.steps.items()}, path,
-                title=f"{claim.id} on {model_name}: path-patching scores (n={n}, seed={seed})", circuit=circuit)
-        return str(path)
-    except (MechtestError, ImportError, OSError) as e:
-        return f"not written ({type(e).__name__}: {e})"

@@ -23,10 +23,10 @@ def provenance(*, rootdir: Path, models: dict[str, dict], seeds, cache_stats: di
         except metadata.PackageNotFoundError:
             return None
 
-    import mechtest
+    from mechtest.version import __version__
 
     return {
-        "mechtest": mechtest.__version__,
+        "mechtest": __version__,
         "torch": version("torch"),
         "transformers": version("transformers"),
         "python": sys.version.split()[0],

@@ -35,6 +35,7 @@ class ClaimResult:
     looks: list[int] = field(default_factory=list)  # sample sizes looked at (sequential sampling)
     prompts_needed: int | None = None  # prompts that would decide at the observed effect
     cached: bool = False  # read back from the claim-result cache (same claim, same weights)
+    rule: str = ""  # how the metric decides, when not on its interval or estimate (e.g. a verdict's checks)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}
@@ -59,9 +60,7 @@ class ClaimResult:
 
     def decision_text(self) -> str:
         """How the outcome was decided, and how many prompts would decide an undecided claim."""
-        rule = "the whole interval against the bound" if self.decide == "ci" else "the point estimate"
-        if self.metric == "verdict":
-            rule = "the verdict's checks (below)"
+        rule = self.rule or ("the whole interval against the bound" if self.decide == "ci" else "the point estimate")
         text = f"{self.outcome} on {rule}"
         if self.prompts_needed is not None and self.outcome == "INCONCLUSIVE":
             text += f"; about {self.prompts_needed} prompts would decide at the observed effect"

@@ -1,0 +1,273 @@
+"""The service between claims and methods: models, prompts, circuits and the paper's methods by name, memoised.
+
+One :class:`Service` lives for a pytest session (one per xdist worker); the ``mechtest`` fixture
+(:class:`mechtest.api.Mechtest`) is one. Metrics, the claim runner, the cost plan and property claims receive
+it and call down into :mod:`mechtest.methods` through it: each method result is memoised in memory for the
+session (:meth:`Service.memoised`, public so that a user metric can memoise a method of its own), and the
+expensive intermediate results (ablation means, path-patching scores) go through the on-disk activation
+cache, so xdist workers and later runs share them. A claim and a hand-written test asking for the same thing
+compute it once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechtest.model_registry import ModelRegistry
+from mechtest.settings import Settings
+from mechtest.spec import DEFAULT_DRAWS
+
+DEFAULT_API_PROMPTS = 100
+DEFAULT_DISCOVERY_PROMPTS = 300
+
+
+class Service:
+    """Models, data, circuits and method results by name, memoised for one pytest session."""
+
+    def __init__(self, settings: Settings | None = None, *, rootdir: Path | None = None) -> None:
+        self.settings = settings or Settings()
+        self.rootdir = Path(rootdir or Path.cwd())
+        self.models = ModelRegistry(self.settings)
+        self.seeds: set[int] = set()
+        self.memo: dict[tuple, Any] = {}  # method results of this session, by key (memoised)
+        self._cache = None
+
+    # ------------------------------------------------------------------------------------------ models
+
+    def is_configured(self, name: str) -> bool:
+        return self.models.is_configured(name)
+
+    def model(self, model):
+        """The loaded model called ``model`` (loaded once); a test asking for an absent model is skipped."""
+        return self.models.load(model) if isinstance(model, str) else model
+
+    def n_boxes(self, model) -> int:
+        """The box count a model is evaluated on: ``n_boxes`` of its ``mechtest.json``, else 7."""
+        return self.models.n_boxes(model if isinstance(model, str) else model.name)
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            from mechtest.cache import ActivationCache
+
+            self._cache = ActivationCache(self.settings.cache_dir)
+        return self._cache
+
+    def cache_stats(self) -> dict:
+        if self._cache is None:
+            return {"hits": 0, "misses": 0, "computed": 0, "invalid": 0}
+        s = self._cache.stats
+        return {"hits": s.hits, "misses": s.misses, "computed": s.computed, "invalid": s.invalid}
+
+    # -------------------------------------------------------------------------------------- data & circuits
+
+    def n_prompts(self, n: int | None, default: int = DEFAULT_API_PROMPTS) -> int:
+        """``--mechtest-prompts`` overrides every sample size; otherwise ``n`` or the default."""
+        if self.settings.prompts is not None:
+            return self.settings.prompts
+        return default if n is None else n
+
+    def memoised(self, key: tuple, compute):
+        """``compute()``, once per session for ``key`` (a tuple naming the method and every input that changes
+        its result, e.g. ``("logit_gap", model.name, n, seed)``); later calls return the same object."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def _sample(self, model, n, n_boxes, seed, default: int = DEFAULT_API_PROMPTS):
+        model = self.model(model)
+        self.seeds.add(seed)
+        return model, self.n_prompts(n, default), n_boxes or self.n_boxes(model)
+
+    def dataset(self, model, *, n: int | None = None, n_boxes: int | None = None, seed: int = 0):
+        """Entity-tracking evaluation prompts for the model's tokenizer (``make_dataset``)."""
+        from mechtest.tasks.entity_tracking import make_dataset
+
+        model, n, n_boxes = self._sample(model, n, n_boxes, seed)
+        return self.memoised(("dataset", model.name, n, n_boxes, seed),
+                              lambda: _fitted(model, make_dataset(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
+
+    def reference(self, model, *, n: int | None = None, n_boxes: int | None = None, seed: int = 0):
+        """Mean-ablation reference prompts (``mean_ablation_set``, the same contexts' seed)."""
+        from mechtest.tasks.entity_tracking import mean_ablation_set
+
+        model, n, n_boxes = self._sample(model, n, n_boxes, seed)
+        return self.memoised(("reference", model.name, n, n_boxes, seed),
+                              lambda: _fitted(model, mean_ablation_set(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
+
+    def circuit(self, spec, *, n: int | None = None, seed: int = 0):
+        """``paper:llama|goat|float``, a JSON file (relative paths: the rootdir), ``discovered:<model>``, or a
+        Circuit."""
+        from mechtest.methods.circuits import load_circuit
+
+        if not isinstance(spec, str):
+            return load_circuit(spec)
+        if spec.startswith("discovered:"):
+            return self.discover(spec.split(":", 1)[1], n=n, seed=seed).circuit
+        if not spec.startswith("paper:") and not Path(spec).is_absolute():
+            spec = str(self.rootdir / spec)
+        return self.memoised(("circuit", spec), lambda: load_circuit(spec))
+
+    def path_patching(self, model, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
+                      receivers: dict[str, int] | None = None):
+        """The four path-patching steps (scores of every head), stored in the activation cache."""
+        from mechtest.methods.cached import cached_path_patching
+        from mechtest.methods.discovery import default_receivers
+
+        model = self.model(model)
+        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
+        recv = default_receivers(model, receivers)
+        return self.memoised(("path_patching", model.name, len(data), data.n_boxes, seed,
+                              tuple(sorted(recv.items()))),
+                             lambda: cached_path_patching(model, data, recv, seed=seed, cache=self.cache))
+
+    def discover(self, model, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
+                 triage: bool = False, minimal: bool = False):
+        """Circuit discovery on ``model`` (:func:`mechtest.methods.discovery.discover_circuit`, the one recipe)
+        with the paper's sizes scaled to its head count; path-patching scores through the activation cache."""
+        from mechtest.methods.discovery import discover_circuit
+
+        model, n, n_boxes = self._sample(model, n, n_boxes, seed, DEFAULT_DISCOVERY_PROMPTS)
+        return self.memoised(("discover", model.name, n, n_boxes, seed, triage, minimal),
+                             lambda: discover_circuit(model, n_prompts=n, n_boxes=n_boxes, seed=seed, triage=triage,
+                                                      minimal=minimal, cache=self.cache, progress=False))
+
+    # ---------------------------------------------------------------------------------------- methods
+
+    def ablation_means(self, model, n, n_boxes, seed):
+        """Mean head outputs over the mean-ablation reference prompts (the circuit metrics' ablation values)."""
+        from mechtest.methods.evaluation import ablation_means
+
+        ref = self.reference(model, n=n, n_boxes=n_boxes, seed=seed)
+        return self.memoised(("means", model.name, len(ref), ref.n_boxes, seed),
+                              lambda: ablation_means(model, ref, cache=self.cache))
+
+    def _circuit_sample(self, model, circuit, n, n_boxes, seed):
+        """The loaded model, the circuit, the prompts and the mean-ablation prompts a circuit metric needs."""
+        model = self.model(model)
+        return (model, self.circuit(circuit), self.dataset(model, n=n, n_boxes=n_boxes, seed=seed),
+                self.reference(model, n=n, n_boxes=n_boxes, seed=seed))
+
+    def accuracy(self, model, *, circuit=None, n: int | None = None, seed: int = 0, n_boxes: int | None = None):
+        """Task accuracy of the full model, or of ``circuit`` with every other head mean-ablated."""
+        from mechtest.methods import evaluation
+
+        model = self.model(model)
+        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
+        if circuit is None:
+            return self.memoised(("accuracy", model.name, len(data), data.n_boxes, seed),
+                                  lambda: evaluation.accuracy(model, data, seed=seed))
+        circ = self.circuit(circuit)
+
+        def compute():
+            from mechtest.measure import proportion
+
+            hits = evaluation.circuit_correct(model, circ, data, self.ablation_means(model, n, n_boxes, seed))
+            return proportion("circuit_accuracy", hits, seed=seed, circuit=circ.name)
+
+        return self.memoised(("circuit_accuracy", model.name, _circuit_key(circ), len(data), data.n_boxes, seed),
+                              compute)
+
+    def faithfulness(self, model, *, circuit, n: int | None = None, seed: int = 0, n_boxes: int | None = None):
+        """Circuit accuracy / model accuracy under mean ablation, with a bootstrap interval."""
+        from mechtest.methods.evaluation import faithfulness
+
+        model, circ, data, ref = self._circuit_sample(model, circuit, n, n_boxes, seed)
+        return self.memoised(("faithfulness", model.name, _circuit_key(circ), len(data), data.n_boxes, seed),
+                              lambda: faithfulness(model, circ, data, ref, seed=seed, cache=self.cache))
+
+    def random_circuit_faithfulness(self, model, *, circuit, n_draws: int = DEFAULT_DRAWS, n: int | None = None,
+                                    seed: int = 0, n_boxes: int | None = None):
+        """Mean faithfulness of random circuits with the circuit's group sizes."""
+        from mechtest.methods.evaluation import random_circuit_faithfulness
+
+        model, circ, data, ref = self._circuit_sample(model, circuit, n, n_boxes, seed)
+        return self.memoised(
+            ("random", model.name, _circuit_key(circ), n_draws, len(data), data.n_boxes, seed),
+            lambda: random_circuit_faithfulness(model, circ, data, ref, n_draws=n_draws, seed=seed, cache=self.cache))
+
+    def completeness(self, model, *, circuit, mode: str = "random", n_draws: int = DEFAULT_DRAWS, n: int | None = None,
+                     seed: int = 0, n_boxes: int | None = None):
+        from mechtest.methods.evaluation import completeness
+
+        model, circ, data, ref = self._circuit_sample(model, circuit, n, n_boxes, seed)
+        return self.memoised(
+            ("completeness", model.name, _circuit_key(circ), mode, n_draws, len(data), data.n_boxes, seed),
+            lambda: completeness(model, circ, data, ref, mode=mode, n_draws=n_draws, seed=seed, cache=self.cache))
+
+    def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
+                n_discover: int | None = None):
+        """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``).
+
+        Both discoveries come from this session's memo and the on-disk cache, so a base is discovered once for
+        any number of candidates, and a rerun reads the path-patching scores back."""
+        from mechtest.methods.compare import compare
+
+        base_model, cand_model = self.model(base), self.model(candidate)
+        n, n_boxes = self.n_prompts(n), n_boxes or self.n_boxes(base_model)
+        n_discover = self.n_prompts(n_discover or n)
+        self.seeds.add(seed)
+
+        def compute():
+            found = {m.name: self.discover(m, n=n_discover, seed=seed, n_boxes=n_boxes)
+                     for m in (base_model, cand_model)}
+            return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache,
+                           base_discovery=found[base_model.name], candidate_discovery=found[cand_model.name],
+                           progress=False)
+
+        return self.memoised(("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed), compute)
+
+    def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,
+            n_boxes: int | None = None):
+        """Desiderata-based masking: which heads of ``circuit``'s ``group`` carry ``desideratum``.
+
+        ``n`` training pairs, ``n // 2`` validation and test pairs."""
+        from mechtest.methods.dcm import dcm
+
+        model, n, n_boxes = self._sample(model, n, n_boxes, seed)
+        circ = self.circuit(circuit)
+        return self.memoised(
+            ("dcm", model.name, _circuit_key(circ), group, desideratum, n, n_boxes, seed),
+            lambda: dcm(model, circ, group, desideratum, n_boxes=n_boxes, n_train=n, n_val=max(1, n // 2),
+                        n_test=max(1, n // 2), seed=seed, progress=False))
+
+    def cmap(self, model, *, source, circuit=None, group: str | None = None, n: int | None = None, seed: int = 0,
+             n_boxes: int | None = None):
+        """Cross-model activation patching: ``model``'s accuracy with ``source``'s head outputs patched in
+        (every head, or ``circuit``'s nodes, or one ``group`` of them)."""
+        from mechtest.methods.cmap import cmap
+
+        model, donor = self.model(model), self.model(source)
+        circ = None if circuit is None else self.circuit(circuit)
+        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
+        return self.memoised(
+            ("cmap", model.name, donor.name, None if circ is None else _circuit_key(circ), group, len(data),
+             data.n_boxes, seed),
+            lambda: cmap(model, donor, data, circuit=circ, group=group, seed=seed, progress=False))
+
+    def knockout(self, model, *, edge: str = "last->object", layers=None, n: int | None = None, seed: int = 0,
+                 n_boxes: int | None = None):
+        """Attention knockout: accuracy with ``edge`` blocked from each start layer on (a ``KnockoutCurve``)."""
+        from mechtest.methods.knockout import attention_knockout
+
+        model = self.model(model)
+        data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed)
+        layers = None if layers is None else tuple(layers)
+        return self.memoised(
+            ("knockout", model.name, edge, layers, len(data), data.n_boxes, seed),
+            lambda: attention_knockout(model, data, edge, start_layers=layers, seed=seed, progress=False))
+
+
+def _fitted(model, dataset):
+    """The dataset, once checked to fit the model's context (an error before any forward otherwise)."""
+    from mechtest.forward import check_fits
+
+    check_fits(model, dataset)
+    return dataset
+
+
+def _circuit_key(circuit) -> tuple:
+    return (circuit.name, tuple((g, tuple(circuit.heads(g))) for g in sorted(circuit.groups)))
+
+
