@@ -160,7 +160,7 @@ def _copy(model):
 
 
 def probe(model, ctx, *, circuit, noise_seeds=(0, 1, 2), r: float = 0.01, lrs=(1e-4, 3e-4), ft_steps: int = 200,
-          reroute_steps: int = 300, reroute_lr: float = 3e-4, move: bool = True,
+          reroute_steps: int = 300, reroute_lr: float = 3e-4, move: bool = True, ft_seeds=(50,),
           log=print) -> dict:
     """Every robustness number of the module docstring for one model (``circuit``: heads to reroute)."""
     t0 = time.time()
@@ -172,11 +172,11 @@ def probe(model, ctx, *, circuit, noise_seeds=(0, 1, 2), r: float = 0.01, lrs=(1
         rel_noise(m, r, s)
         out["noise"][s] = accuracy(m, ctx.valid)
         log(f"  noise r={r} seed {s}: {out['noise'][s]:.3f} ({out['noise'][s] - acc0:+.3f})")
-    for lr in lrs:
+    for lr, s in ((lr, s) for lr in lrs for s in ft_seeds):
         m = _copy(model)
-        log(f"  AdamW lr {lr:g}")
-        curve = train(m, ctx, lr=lr, seed=50, steps=ft_steps, stop_at=0.9, log=log)
-        out["finetunes"][lr] = {"min": min(a for _, a in curve), "final": curve[-1][1], "steps": curve[-1][0],
+        log(f"  AdamW lr {lr:g} data seed {s}")
+        curve = train(m, ctx, lr=lr, seed=s, steps=ft_steps, stop_at=0.9, log=log)
+        out["finetunes"][f"{lr:g}/{s}"] = {"min": min(a for _, a in curve), "final": curve[-1][1], "steps": curve[-1][0],
                                 "curve": curve, "model": m}
     if reroute_steps:
         m = _copy(model)
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4, help="make: learning rate of the base's training")
     p.add_argument("--inject", type=float, default=0.0, help="make: relative weight noise while training")
     p.add_argument("--wd", type=float, default=0.0, help="make: AdamW weight decay")
+    p.add_argument("--make-scale", type=float, default=16.0, help="make: residual scale")
     p.add_argument("--readout", type=float, default=0.5, help="make: readout temperature set before training")
     p.add_argument("--boxes", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7], help="make: box counts trained")
     p.add_argument("--steps", type=int, default=600, help="make: most training steps")
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="then multiply the residual stream by this")
     p.add_argument("--verdicts", action="store_true", help="compare() the noised model and the fine-tunes")
     p.add_argument("--ft-steps", type=int, default=200)
+    p.add_argument("--ft-seeds", type=int, nargs="*", default=[50], help="data seeds of the fine-tunes")
+    p.add_argument("--lrs", type=float, nargs="*", default=[1e-4, 3e-4], help="fine-tune learning rates")
     p.add_argument("--reroute-steps", type=int, default=300)
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = _Ctx()
     if args.model == "make":
         model, curve = make_base(ctx, lr=args.lr, inject=args.inject, wd=args.wd, readout=args.readout,
+                                  scale=args.make_scale,
                                   boxes=tuple(args.boxes), steps=args.steps,
                                   band=None if args.no_band else (0.63, 0.72))
         if args.save:
@@ -251,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale != 1.0:
         scale_residual(model, args.scale)
     circ = sorted(planted_heads("planted").values())
-    res = probe(model, ctx, circuit=circ, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps)
+    res = probe(model, ctx, circuit=circ, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps,
+                ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs))
+    for k, f in res["finetunes"].items():
+        print(f"fine-tune {k}: lowest {f['min']:.3f} (start {res['valid_accuracy']:.3f}), final {f['final']:.3f} "
+              f"after {f['steps']} steps")
     if args.verdicts:
         noised = _copy(model)
         rel_noise(noised, 0.01, 0)
