@@ -134,7 +134,7 @@ def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6,
 
 def make_base(ctx, *, variant: str = "planted", noise_seed: int = 1, scale: float = 16.0, readout: float = 0.5,
               lr: float = 1e-4, inject: float = 0.0, wd: float = 0.0, band=(0.63, 0.72), steps: int = 600,
-              boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, log=print):
+              boxes=(2, 3, 4, 5, 6, 7), soften: float = 1.0, seed: int = 0, log=print):
     """A base candidate: the noised planted model, balanced and rescaled, its readout temperature set *before*
     training (so training calibrates its logits), trained on 2-7 boxes until the 7-box accuracy is in ``band``."""
     from tools.zoo.planted import build_model
@@ -145,6 +145,10 @@ def make_base(ctx, *, variant: str = "planted", noise_seed: int = 1, scale: floa
     balance(model)
     scale_residual(model, scale)
     with torch.no_grad():
+        for attn, q, k, _ in _heads(model):  # attention scores times ``soften`` (a softer start)
+            for cols in (q, k):
+                attn.c_attn.weight[:, cols] *= soften ** 0.5
+                attn.c_attn.bias[cols] *= soften ** 0.5
         model.transformer.ln_f.weight.mul_(readout)
         model.transformer.ln_f.bias.mul_(readout)
     log(f"make_base lr {lr:g} inject {inject} wd {wd} readout {readout}: start {accuracy(model, ctx.valid):.3f}")
@@ -223,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4, help="make: learning rate of the base's training")
     p.add_argument("--inject", type=float, default=0.0, help="make: relative weight noise while training")
     p.add_argument("--wd", type=float, default=0.0, help="make: AdamW weight decay")
+    p.add_argument("--soften", type=float, default=1.0, help="make: attention scores times this at the start")
     p.add_argument("--make-scale", type=float, default=16.0, help="make: residual scale")
     p.add_argument("--readout", type=float, default=0.5, help="make: readout temperature set before training")
     p.add_argument("--boxes", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7], help="make: box counts trained")
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = _Ctx()
     if args.model == "make":
         model, curve = make_base(ctx, lr=args.lr, inject=args.inject, wd=args.wd, readout=args.readout,
-                                  scale=args.make_scale,
+                                  scale=args.make_scale, soften=args.soften,
                                   boxes=tuple(args.boxes), steps=args.steps,
                                   band=None if args.no_band else (0.63, 0.72))
         if args.save:
