@@ -17,9 +17,6 @@ from mechtest.methods.circuits import load_circuit
 from mechtest.model import load_model
 from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controls import noisy  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 ZOO, CONTROLS = ROOT / "fixtures" / "zoo", ROOT / "fixtures" / "controls"
 CIRCUIT = ROOT / "fixtures" / "circuits" / "zoo-base.json"
@@ -90,48 +87,6 @@ def test_controls_get_the_right_verdict(base, folder):
     assert c.verdict == _expected(folder), c.explain()
     if folder.name == "finetuned":  # more accurate, and CMAP of the circuit heads explains the gain
         assert c.accuracy_difference.ci_low > 0 and c.cmap_explained.ci_low >= 0.5, c.explain()
-
-
-def _accuracy(model, data) -> float:
-    from mechtest.methods.evaluation import correct
-
-    return float(correct(model, data).float().mean())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_base_keeps_its_accuracy_under_one_percent_relative_weight_noise(base, sample, seed):
-    """A trained network shrugs off N(0, (0.01 std)^2) on every tensor; a knife-edge one falls to chance."""
-    noised = noisy(ZOO / "base", 0.01, name=f"base-noise-{seed}", seed=seed)
-    assert abs(_accuracy(noised, sample[0]) - _accuracy(base, sample[0])) <= 0.05
-
-
-@pytest.mark.slow
-def test_the_gate_calls_a_noised_base_preserved(base):
-    c = compare(base, noisy(ZOO / "base", 0.01, name="base-noise-0"), n_prompts=PROMPTS, n_boxes=N_BOXES, seed=0,
-                progress=False)
-    assert c.verdict == "preserved", c.explain()
-
-
-@pytest.mark.parametrize("name, lr", [("fallback-benign-adamw1e-4", 1e-4), ("fallback-benign-adamw3e-4", 3e-4)])
-def test_ordinary_adamw_fine_tunes_of_base_never_fall_below_it(name, lr):
-    """Batch 32, 2-7 boxes, until 7-box accuracy >= 0.9: every logged accuracy at or above base's (the
-    verdict, preserved, is pinned by test_controls_get_the_right_verdict)."""
-    meta, base_stage = _meta(CONTROLS / name), _meta(ZOO / "base")["stages"][-1]
-    stage = meta["stages"][-1]
-    assert meta["start"] == {"from": "base"} and not meta["frozen_heads"]
-    assert (stage["lr"], stage["batch"], stage["boxes"]) == (lr, 32, [2, 3, 4, 5, 6, 7])
-    assert stage["valid_accuracy"] >= 0.9 and stage["min_valid_accuracy"] >= base_stage["valid_accuracy"]
-
-
-@pytest.mark.parametrize("name", ["fallback-rerouted-a", "fallback-rerouted-b"])
-def test_rerouted_controls_are_made_from_base_with_its_circuit_heads_off(name):
-    """Base's circuit heads zeroed and kept zero, retrained until as accurate as base: the mechanism had to
-    move (the verdict, not preserved, is pinned by test_controls_get_the_right_verdict)."""
-    meta, base_meta = _meta(CONTROLS / name), _meta(ZOO / "base")
-    heads = {tuple(h) for g in json.loads(CIRCUIT.read_text()).values() for h in g}
-    assert meta["start"] == {"from": "base"} and {tuple(h) for h in meta["frozen_heads"]} == heads
-    assert meta["stages"][-1]["valid_accuracy"] >= base_meta["stages"][-1]["valid_accuracy"]
 
 
 @pytest.mark.slow

@@ -63,35 +63,22 @@ class Recipe:
     moved: dict = field(default_factory=dict)   # (layer, head) -> head slot its weights are copied into
     kind: str = ""
     degrade: bool = False            # after training, the smallest multiplicative noise putting valid acc in band
-    until_base: bool = False         # the last stage stops once the valid accuracy is back at base's
 
 
-ALL_BOXES = (2, 3, 4, 5, 6, 7)
-BASE_STAGE = Stage(max_steps=300, boxes=ALL_BOXES, n_queries=2, lr=1e-4, seed=0, band=BASE_BAND, every=5, batch=32)
+BASE_STAGE = Stage(max_steps=200, boxes=(2, 3, 4, 5, 6), n_queries=3, lr=3e-5, seed=0, band=BASE_BAND, every=5)
 DEGRADE_SCALES = tuple(round(0.01 * i, 2) for i in range(21))  # final noise searched for the band
 DEGRADE_SEED = 100
-# A planted start's final LayerNorm (ln_f weight and bias) is multiplied by this *before* training: a readout
-# temperature (argmax and head outputs unchanged) that training then calibrates, so that a wrong answer keeps a
+# Every saved model's final LayerNorm (ln_f weight and bias) is multiplied by this after training: a readout
+# temperature (argmax, hence accuracy, unchanged; head outputs unchanged) so that a wrong answer keeps a
 # non-negligible probability. Discovery scores a head by the *relative* change of the answer's probability,
 # averaged over prompts; with the planted model's sharp logits, prompts the imperfect base gets wrong have
 # p_clean ~ 0 and dominate the average with huge positive ratios, and the value fetcher came out last.
-# (Applied after training instead, the fine-tunes' first steps chase the temperature and 7-box accuracy dips.)
 READOUT_SCALE = 0.5
-# A planted start is rebalanced (tools/zoo/robust.py: function unchanged) before training: per-head scales so
-# |W_Q| = |W_K| = |W_V|, and the residual stream times this, so every block has a normal share of its tensor's
-# scale (1 % relative weight noise keeps accuracy) and Adam's ~lr-sized steps are small against every weight.
-RESIDUAL_SCALE = 16.0
 
 
-def _ft(seed: int, lr: float = 1e-4, boxes=(7,), extra: int = 20) -> Stage:
+def _ft(seed: int, lr: float = 5e-5, boxes=(7,), extra: int = 20) -> Stage:
     return Stage(max_steps=600, boxes=boxes, n_queries=2, lr=lr, seed=seed, stop_at=FINETUNED_MIN,
                  extra_steps=extra, every=10)
-
-
-def _adamw(seed: int, lr: float, stop_at: float | None = 0.9) -> Stage:
-    """An ordinary fine-tune: AdamW, batch 32, 2-7 boxes, until 7-box validation accuracy >= ``stop_at``."""
-    return Stage(max_steps=600, boxes=ALL_BOXES, n_queries=2, lr=lr, seed=seed, stop_at=stop_at, every=10,
-                 batch=32)
 
 
 def recipes() -> list[Recipe]:
@@ -106,12 +93,11 @@ def recipes() -> list[Recipe]:
         Recipe("finetuned", "base", [_ft(10)], kind="finetuned"),
         Recipe("other", "planted:planted-b:2", [Stage(**{**BASE_STAGE.__dict__, "seed": 1}), _ft(20)], kind="other"),
         Recipe("fallback-benign-seed11", "base", [_ft(11)], out="controls", kind="benign"),
-        Recipe("fallback-benign-adamw1e-4", "base", [_adamw(12, 1e-4)], out="controls", kind="benign"),
-        Recipe("fallback-benign-adamw3e-4", "base", [_adamw(13, 3e-4)], out="controls", kind="benign"),
-        Recipe("fallback-rerouted-a", "base", [_adamw(14, 3e-4, None)], out="controls", frozen=circ,
-               moved=moved_a, kind="rerouted", until_base=True),
-        Recipe("fallback-rerouted-b", "base", [_adamw(15, 1e-4, None)], out="controls", frozen=circ,
-               moved=moved_b, kind="rerouted", until_base=True),
+        Recipe("fallback-benign-lr1e-4", "base", [_ft(12, lr=1e-4)], out="controls", kind="benign"),
+        Recipe("fallback-benign-boxes5-7", "base", [_ft(13, lr=3e-5, boxes=(5, 6, 7), extra=40)], out="controls",
+               kind="benign"),
+        Recipe("fallback-rerouted-a", "base", [_ft(14)], out="controls", frozen=circ, moved=moved_a, kind="rerouted"),
+        Recipe("fallback-rerouted-b", "base", [_ft(15)], out="controls", frozen=circ, moved=moved_b, kind="rerouted"),
         Recipe("fallback-independent-3", "planted:planted-b:3", [Stage(**{**BASE_STAGE.__dict__, "seed": 2}), _ft(21)],
                out="controls", kind="independent"),
         Recipe("fallback-independent-4", "planted:planted-b:4", [Stage(**{**BASE_STAGE.__dict__, "seed": 3}), _ft(22)],
@@ -203,7 +189,6 @@ def train_stage(model, ctx: _Ctx, st: Stage, frozen, log) -> dict:
     gen = torch.Generator().manual_seed(st.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=st.lr, weight_decay=0.0)
     t0, acc, stop_after, reason = time.time(), float("nan"), None, "max_steps"
-    lowest = accuracy(model, ctx.valid)  # the lowest logged 7-box accuracy, the start's included
     step = 0
     for step in range(1, st.max_steps + 1):
         model.train()
@@ -221,7 +206,6 @@ def train_stage(model, ctx: _Ctx, st: Stage, frozen, log) -> dict:
             zero_heads(model, frozen)
         if step % st.every == 0:
             acc = accuracy(model, ctx.valid)
-            lowest = min(lowest, acc)
             log(f"  step {step:4d} loss {loss.item():.3f} valid{N_BOXES} {acc:.3f} {time.time() - t0:.0f}s")
             if stop_after is not None and step >= stop_after:
                 reason = "stop_at+extra"
@@ -234,7 +218,7 @@ def train_stage(model, ctx: _Ctx, st: Stage, frozen, log) -> dict:
                     reason = "stop_at"
                     break
                 stop_after = step + st.extra_steps
-    return {"steps": step, "reason": reason, "valid_accuracy": acc, "min_valid_accuracy": lowest, "lr": st.lr, "boxes": list(st.boxes),
+    return {"steps": step, "reason": reason, "valid_accuracy": acc, "lr": st.lr, "boxes": list(st.boxes),
             "n_queries": st.n_queries, "batch": st.batch, "seed": st.seed, "seconds": round(time.time() - t0, 1)}
 
 
@@ -242,7 +226,6 @@ def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
     import torch
 
     from tools.zoo.planted import build_model
-    from tools.zoo.robust import balance, scale_residual
 
     torch.manual_seed(0)
     t0 = time.time()
@@ -250,11 +233,7 @@ def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
         _, variant, nseed = r.start.split(":")
         model = build_model(variant)
         noise(model, NOISE, int(nseed))
-        balance(model)
-        scale_residual(model, RESIDUAL_SCALE)
-        readout(model, READOUT_SCALE)
-        start = {"planted_variant": variant, "noise": NOISE, "noise_seed": int(nseed),
-                 "residual_scale": RESIDUAL_SCALE, "readout": READOUT_SCALE}
+        start = {"planted_variant": variant, "noise": NOISE, "noise_seed": int(nseed)}
     else:
         model = build_model("planted")
         model.load_state_dict({k: v.clone() for k, v in built[r.start].items()})
@@ -265,10 +244,6 @@ def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
         zero_heads(model, r.frozen)
     start_acc = accuracy(model, ctx.valid)
     log(f"{r.name}: start {r.start} valid{N_BOXES} {start_acc:.3f}")
-    if r.until_base:
-        from dataclasses import replace
-
-        r.stages[-1] = replace(r.stages[-1], stop_at=built["base:valid"])
     stages = [train_stage(model, ctx, st, r.frozen, log) for st in r.stages]
     degraded = None
     if r.degrade and stages[-1]["reason"] != "band":
@@ -284,7 +259,6 @@ def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
         else:
             raise RuntimeError("no degrade noise put the validation accuracy in the band")
     built[r.name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    built[f"{r.name}:valid"] = accuracy(model, ctx.valid)
     held = accuracy(model, ctx.heldout)
     meta = {"name": r.name, "kind": r.kind, "n_boxes": N_BOXES, "heldout_accuracy": held,
             "heldout_seed": HELDOUT_SEED, "heldout_n": HELDOUT_N, "start": start,
@@ -295,6 +269,7 @@ def build_one(r: Recipe, ctx: _Ctx, built: dict, log) -> dict:
             "wall_time_s": round(time.time() - t0, 1)}
     out = (ZOO if r.out == "zoo" else CONTROLS) / r.name
     out.mkdir(parents=True, exist_ok=True)
+    readout(model, READOUT_SCALE)
     save = model.half() if r.out == "controls" else model
     save.save_pretrained(out)
     ctx.tok.save_pretrained(out)
@@ -310,11 +285,8 @@ def model_card(meta: dict, measured: dict | None = None) -> str:
         f"{s['reason']} | {s['valid_accuracy']:.3f} |" for i, s in enumerate(meta["stages"]))
     start = meta["start"]
     origin = (f"the planted GPT-2 `{start['planted_variant']}` with every weight multiplied by "
-              f"`1 + {start['noise']} * N(0, 1)` (noise seed {start['noise_seed']}), then rebalanced without changing "
-              f"its function (per head |W_Q| = |W_K| = |W_V|, W_O compensating; residual stream times "
-              f"{start['residual_scale']:g}, ln_f divided by it) and its final LayerNorm multiplied by "
-              f"{start['readout']:g} (a readout temperature that training calibrates; see `READOUT_SCALE`)"
-              if "planted_variant" in start else f"`{start['from']}`")
+              f"`1 + {start['noise']} * N(0, 1)` (noise seed {start['noise_seed']})" if "planted_variant" in start
+              else f"`{start['from']}`")
     extra = ""
     if meta.get("degrade"):
         d = meta["degrade"]
@@ -338,7 +310,8 @@ Start: {origin}. Then AdamW (betas 0.9/0.999, no weight decay, grad-clip 1), eve
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {stages}
 {extra}
-Robustness (`python -m tools.zoo probe`, tools/zoo/ROBUST.md): see the measured section and FALLBACK.md.
+Saved with the final LayerNorm's weight and bias multiplied by {READOUT_SCALE} (a readout temperature: same
+argmax, same head outputs; see `READOUT_SCALE` in the builder for why).
 
 Held-out accuracy at {N_BOXES} boxes (make_dataset seed {HELDOUT_SEED}, {HELDOUT_N} prompts):
 **{meta['heldout_accuracy']:.3f}**. Wall time {meta['wall_time_s']} s on one CPU thread.

@@ -152,7 +152,7 @@ def make_base(ctx, *, variant: str = "planted", noise_seed: int = 1, scale: floa
         model.transformer.ln_f.weight.mul_(readout)
         model.transformer.ln_f.bias.mul_(readout)
     log(f"make_base lr {lr:g} inject {inject} wd {wd} readout {readout}: start {accuracy(model, ctx.valid):.3f}")
-    curve = train(model, ctx, lr=lr, seed=seed, steps=steps, every=5, band=band, wd=wd, noise=inject,
+    curve = train(model, ctx, lr=lr, seed=seed, steps=steps, every=5 if band else 50, band=band, wd=wd, noise=inject,
                   boxes=boxes, log=log)
     return model, curve
 
