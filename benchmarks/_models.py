@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from mechtest.model import load_model
-from tools.zoo.vocab import build_tokenizer, vocabulary
+# `python benchmarks/X.py` puts benchmarks/ on the path, not the repository root that holds tools/ (and mechtest/)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mechtest.model import load_model  # noqa: E402
+from tools.zoo.vocab import build_tokenizer, vocabulary  # noqa: E402
 
 
 def random_llama(*, layers: int, heads: int, hidden: int, intermediate: int, kv_heads: int | None = None,

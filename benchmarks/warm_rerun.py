@@ -8,6 +8,7 @@ session time pytest reports (which excludes interpreter start-up and imports), w
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def run(cache: Path) -> tuple[float, float, str]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description="Cold vs warm run of pytest suites on a fresh cache directory.").parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         cold = run(cache)

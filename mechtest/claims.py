@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechtest.decision import DEFAULT_MAX_PROMPTS, DEFAULT_RULE, POLICIES, RULES
+from mechtest.decision import DEFAULT_MAX_PROMPTS, DEFAULT_RULE, MAX_PROMPTS, POLICIES, RULES
 from mechtest.errors import CircuitError, ClaimError
 from mechtest.metrics import REGISTRY, Field
 from mechtest.spec import VERDICTS
@@ -43,11 +43,12 @@ DEFAULT_N_PROMPTS = 500
 COMMON_FIELDS: dict[str, Field] = {
     "id": Field("string", required=True), "metric": Field("string", required=True),
     "models": Field("strings", required=True), "expect": Field("string"), "description": Field("string"),
-    "n_prompts": Field("count", minimum=1), "max_prompts": Field("int", minimum=1),
+    "n_prompts": Field("count", minimum=1, maximum=MAX_PROMPTS),
+    "max_prompts": Field("int", minimum=1, maximum=MAX_PROMPTS),
     "seed": Field("int", minimum=0), "n_boxes": Field("int", minimum=2),
     "decide": Field("string", choices=RULES), "inconclusive": Field("string", choices=POLICIES),
     # prompts for circuit discovery (discovered:<model> circuits, verdicts), apart from the evaluation sample
-    "discover_prompts": Field("int", minimum=1),
+    "discover_prompts": Field("int", minimum=1, maximum=MAX_PROMPTS),
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -85,7 +86,10 @@ class Expectation:
         if m := _CMP.match(text):
             return cls(text.strip(), m.group(1), float(m.group(2)))
         if m := _EQ.match(text):
-            return cls(text.strip(), "==", float(m.group(1)), float(m.group(2) or 0.0))
+            tolerance = float(m.group(2) or 0.0)
+            if tolerance < 0:
+                raise ValueError(f"negative tolerance in {text!r}: write == x ± t with t >= 0")
+            return cls(text.strip(), "==", float(m.group(1)), tolerance)
         if m := _IN.match(text):
             low, high = float(m.group(1)), float(m.group(2))
             if low > high:
@@ -140,13 +144,25 @@ class Claim:
         return f"{self.path}, claim {self.id!r}"
 
 
-def load_claims(path: str | Path, *, rootdir: str | Path | None = None) -> list[Claim]:
-    """Parse and validate every claim of a TOML file (ClaimError on the first problem)."""
+def load_claims(path: str | Path, *, rootdir: str | Path | None = None,
+                circuit_dirs: tuple[str | Path, ...] = ()) -> list[Claim]:
+    """Parse and validate every claim of a TOML file (ClaimError on the first problem, naming the file).
+
+    With a ``rootdir`` (the plugin always gives one), circuit files must lie inside it, inside the claim
+    file's folder or inside one of ``circuit_dirs`` (ini ``mechtest_circuit_dirs``; ``/`` allows any): a claim
+    file must not read arbitrary JSON on the machine.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ClaimError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ClaimError(f"{path}: not valid UTF-8 (byte {e.start}): claim files are UTF-8 TOML") from None
+    except RecursionError:
+        raise ClaimError(f"{path}: not valid TOML: nested too deeply to parse") from None
+    except OSError as e:
+        raise ClaimError(f"{path}: cannot be read: {e.strerror or e}") from None
     unknown_top = set(data) - {"claim"}
     if unknown_top:
         raise ClaimError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; claims go in [[claim]] tables")
@@ -155,7 +171,9 @@ def load_claims(path: str | Path, *, rootdir: str | Path | None = None) -> list[
         raise ClaimError(f"{path}: 'claim' must be an array of tables ([[claim]])")
     claims, seen = [], set()
     for index, table in enumerate(tables):
-        claim = parse_claim(table, path, index=index, rootdir=rootdir)
+        if not isinstance(table, dict):
+            raise ClaimError(f"{path}: 'claim' must be an array of tables ([[claim]])")
+        claim = parse_claim(table, path, index=index, rootdir=rootdir, circuit_dirs=circuit_dirs)
         if claim.id in seen:
             raise ClaimError(f"{path}, claim {claim.id!r}: field 'id': duplicate id in this file")
         seen.add(claim.id)
@@ -163,7 +181,8 @@ def load_claims(path: str | Path, *, rootdir: str | Path | None = None) -> list[
     return claims
 
 
-def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path | None = None) -> Claim:
+def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path | None = None,
+                circuit_dirs: tuple[str | Path, ...] = ()) -> Claim:
     """One ``[[claim]]`` table -> a Claim, validated against the common fields and its metric's fields."""
     name = table.get("id") if isinstance(table.get("id"), str) else f"#{index + 1}"
 
@@ -211,7 +230,7 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     for key, spec in metric.fields.items():
         if spec.kind == "circuit" and key in params:
             try:
-                params[key] = check_circuit_spec(params[key], path.parent, rootdir)
+                params[key] = check_circuit_spec(params[key], path.parent, rootdir, circuit_dirs)
             except CircuitError as e:
                 fail(key, str(e))
     metric.check(params, tuple(models), fail)
@@ -224,11 +243,13 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
                  max_prompts=table.get("max_prompts", DEFAULT_MAX_PROMPTS))
 
 
-def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path | None = None) -> str:
+def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path | None = None,
+                       circuit_dirs: tuple[str | Path, ...] = ()) -> str:
     """Validate a circuit reference without loading a model; returns it with file paths made absolute.
 
     ``paper:llama|goat|float``, ``discovered:<model>``, or a JSON file (relative to the claim file, then the
-    rootdir). The file is parsed, so a malformed circuit fails at collection too.
+    rootdir). The file is parsed, so a malformed circuit fails at collection too. With a ``rootdir``, a file
+    outside the rootdir, the claim file's folder and ``circuit_dirs`` is refused (symlinks resolved).
     """
     from mechtest.methods.circuits import PAPER_CIRCUITS, load_circuit
 
@@ -245,7 +266,13 @@ def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path 
         base / spec for base in (here, Path(rootdir) if rootdir else None, Path.cwd()) if base is not None]
     for candidate in candidates:
         if candidate.is_file():
-            load_circuit(candidate)  # raises CircuitError on a malformed file
-            return str(candidate.resolve())
+            resolved = candidate.resolve()
+            allowed = [Path(d).resolve() for d in (here, rootdir, *circuit_dirs) if d is not None]
+            if rootdir is not None and not any(resolved.is_relative_to(d) for d in allowed):
+                raise CircuitError(
+                    f"circuit file {spec!r} lies outside the rootdir and the claim file's folder; to read circuits "
+                    "from elsewhere, list their folder in the ini option mechtest_circuit_dirs ('/' allows any)")
+            load_circuit(resolved)  # raises CircuitError on a malformed file
+            return str(resolved)
     raise CircuitError(f"unknown circuit {spec!r}: not paper:llama|goat|float, not discovered:<model>, and no "
                        f"such file (looked in {', '.join(str(c.parent) for c in candidates)})")

@@ -24,6 +24,9 @@ DEFAULT_RULE = "ci"
 ALPHA = 0.05
 FIRST_LOOK = 50
 DEFAULT_MAX_PROMPTS = 1600
+# the most prompts a claim or a run may ask for: far above any sample a decision needs (intervals shrink as
+# 1/sqrt(n)), far below what a typo (10000000) would make a run compute for days
+MAX_PROMPTS = 100_000
 
 
 def bounds(expect) -> tuple[float, float, bool, bool]:

@@ -1,12 +1,15 @@
-"""Model fingerprints: what a checkpoint computes (config, dtype, weight contents), never where it lies.
+"""Model fingerprints: what a checkpoint computes (config, dtype, weight contents, tokenizer and task files),
+never where it lies.
 
-The fingerprint keys every cache entry, so it must change whenever the weights change and must not change
-when identical weights move. Large weight files are hashed once per file identity (see ``file_digest``).
+The fingerprint keys every cache entry, so it must change whenever anything that changes a result changes
+(weights, config, tokenizer files, the ``mechtest.json`` card, generation and chat configs) and must not
+change when identical files move. Large files are hashed once per file identity (see ``file_digest``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -17,19 +20,49 @@ from pathlib import Path
 _MEMO_FROM = 64 * 2**20
 # config keys that say where or by what a checkpoint was saved, not what it computes
 _VOLATILE_CONFIG_KEYS = ("transformers_version",)
+# files of a checkpoint folder that cannot change a result: never read by mechtest (pickles, other weights are
+# hashed apart) or documentation
+_NOT_READ_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".md", ".png", ".jpg")
+_NOT_READ_PREFIXES = ("readme", "license", "notice")
+# beside a GGUF file (a folder that may hold anything): only what the loader and the task read
+_GGUF_SIDE_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges*", "*.model",
+                    "*.tiktoken", "chat_template*", "generation_config.json", "mechtest.json", "config.json")
 
 
-def fingerprint(config, dtype, weight_files: list[Path]) -> str:
-    """sha256 of what the model computes: its config (minus where and by what it was saved), dtype and the
-    contents of its weight files; never a path, so identical weights anywhere agree, and placement-independent
-    (offloaded tensors need not be read back)."""
+def fingerprint(config, dtype, weight_files: list[Path], side_files: list[Path] = ()) -> str:
+    """sha256 of what the model computes: its config (minus where and by what it was saved), dtype, the
+    contents of its weight files and of its side files (tokenizer, model card, generation/chat config; see
+    ``side_files``); never a path, so identical files anywhere agree, and placement-independent (offloaded
+    tensors need not be read back)."""
     h = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(str(dtype).encode())
     for f in weight_files:
         h.update(f"{f.name}:{file_digest(f)}".encode())
+    for f in side_files:
+        h.update(f"side {f.name}:{file_digest(f)}".encode())
     return h.hexdigest()[:32]
+
+
+def side_files(directory: Path, *, gguf: bool = False) -> list[Path]:
+    """The files beside the weights that may change a result, sorted by name.
+
+    A checkpoint folder: every visible top-level file except weights, pickles and documentation (a tokenizer
+    file of a kind not foreseen here still counts: a needless re-measure is cheap, a stale result is not).
+    Beside a GGUF file, whose folder may hold anything: tokenizer, chat, generation and task files only.
+    """
+    files = []
+    for f in sorted(Path(directory).iterdir()):
+        name = f.name.lower()
+        if name.startswith(".") or not f.is_file():
+            continue
+        if gguf:
+            if any(fnmatch.fnmatch(name, pattern) for pattern in _GGUF_SIDE_FILES):
+                files.append(f)
+        elif not name.endswith(_NOT_READ_SUFFIXES) and not name.startswith(_NOT_READ_PREFIXES):
+            files.append(f)
+    return files
 
 
 def file_digest(path: Path, memo_dir: Path | None = None) -> str:

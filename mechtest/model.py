@@ -22,8 +22,9 @@ import torch
 
 from mechtest import compat
 from mechtest.architectures import ArchSpec, arch_for_model_type, supported_model_types
+from mechtest.checkpoint_config import NO_REMOTE_CODE, read_config, remote_code_note
 from mechtest.errors import DeviceError, ModelLoadError
-from mechtest.fingerprint import fingerprint
+from mechtest.fingerprint import fingerprint, side_files
 from mechtest.model_ref import ModelRef, resolve_model
 
 _DTYPES = {
@@ -147,24 +148,24 @@ def load_model(
 
     ``path_or_name`` is a ``ModelRef`` or anything ``resolve_model`` accepts (relative paths: the current
     directory). ``device`` is 'cpu', 'cuda[:N]', 'mps', 'auto' or a ``device_map`` dict; ``dtype`` defaults
-    to the checkpoint's own on CUDA and float32 elsewhere.
+    to the checkpoint's own on CUDA and float32 elsewhere. Code shipped in the checkpoint is never run
+    (``trust_remote_code=True`` is refused).
     """
+    if trust_remote_code:
+        raise ModelLoadError("mechtest never runs code a checkpoint ships: trust_remote_code=True is not supported")
     place, target = placement(device)  # a bogus device fails before anything is read
     ref = path_or_name if isinstance(path_or_name, ModelRef) else resolve_model(path_or_name, base_dir=Path.cwd())
     if ref.path is None:
         raise ModelLoadError(f"model {ref.text!r} has no local files")
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     shown = ref.display
     source = str(ref.path)
     gguf = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     if gguf:
         _check_gguf(ref.path / ref.gguf_file, shown)
-    options = {"local_files_only": True, "trust_remote_code": trust_remote_code, **gguf}
-    try:
-        config = AutoConfig.from_pretrained(source, **options)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"could not read the config of {shown!r}: {_first_line(e)}") from None
+    options = {**NO_REMOTE_CODE, **gguf}
+    config = read_config(ref, shown)
     arch = arch_for_model_type(config.model_type)  # clear error listing the supported ones
     declared = getattr(config, "architectures", None) or []
     if declared and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in declared):
@@ -191,7 +192,7 @@ def load_model(
     except (OSError, RuntimeError, KeyError) as e:
         raise ModelLoadError(f"could not load the weights of {shown!r}: {_first_line(e)}") from None
     _check_loading_info(info, shown)
-    tokenizer = _load_tokenizer(ref, shown, trust_remote_code)
+    tokenizer = _load_tokenizer(ref, shown)
 
     if not place and target != "cpu":
         hf.to(torch.device(target))
@@ -210,7 +211,7 @@ def load_model(
         vocab_size=int(hf.get_output_embeddings().weight.shape[0]),
         dtype=torch_dtype,
         device=_input_device(hf),
-        fingerprint=fingerprint(config, torch_dtype, weight_files),
+        fingerprint=fingerprint(config, torch_dtype, weight_files, side_files(ref.path, gguf=bool(gguf))),
         ref=ref,
     )
 
@@ -221,18 +222,13 @@ def checkpoint_fingerprint(ref: ModelRef, *, dtype=None, device=None) -> str:
     Reads the config and hashes the weight files (memoised per file identity for large ones), so a warm
     rerun can look its claim results up before deciding to load a 7B model at all.
     """
-    from transformers import AutoConfig
-
     _, target = placement(device)
     if ref.path is None:
         raise ModelLoadError(f"model {ref.text!r} has no local files")
-    gguf = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-    try:
-        config = AutoConfig.from_pretrained(str(ref.path), local_files_only=True, **gguf)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"could not read the config of {ref.display!r}: {_first_line(e)}") from None
-    files = [ref.path / ref.gguf_file] if gguf else checked_weight_files(ref.path, ref.display)
-    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files)
+    config = read_config(ref, ref.display)
+    files = [ref.path / ref.gguf_file] if ref.gguf_file else checked_weight_files(ref.path, ref.display)
+    return fingerprint(config, resolve_dtype(dtype, device=target, config=config), files,
+                       side_files(ref.path, gguf=bool(ref.gguf_file)))
 
 
 def supported_architectures() -> list[str]:
@@ -323,7 +319,7 @@ def _require_accelerate(device) -> None:
                           "pip install 'mechtest[multi-gpu]'") from None
 
 
-def _load_tokenizer(ref: ModelRef, shown: str, trust_remote_code: bool):
+def _load_tokenizer(ref: ModelRef, shown: str):
     """The checkpoint's tokenizer; a GGUF's own only when no tokenizer files sit beside it."""
     from transformers import AutoTokenizer
 
@@ -332,9 +328,10 @@ def _load_tokenizer(ref: ModelRef, shown: str, trust_remote_code: bool):
     try:
         with _quiet_transformers():
             tokenizer = _tokenizer_class(ref.path, AutoTokenizer).from_pretrained(
-                str(ref.path), trust_remote_code=trust_remote_code, local_files_only=True, **extra)
+                str(ref.path), **NO_REMOTE_CODE, **extra)
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ModelLoadError(f"no usable tokenizer in {shown!r}: {_first_line(e)}") from None
+        raise ModelLoadError(f"no usable tokenizer in {shown!r}{remote_code_note(ref.path) or ': ' + _first_line(e)}"
+                             ) from None
     if tokenizer is None or isinstance(tokenizer, bool):
         raise ModelLoadError(f"no usable tokenizer in {shown!r}")
     return tokenizer

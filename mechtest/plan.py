@@ -45,7 +45,8 @@ def plan_rows(service, items, *, timed: bool = True) -> list[PlanRow]:
         try:
             heads = _heads_total(service, name)
             key = cache_key(service, claim, metric, name)
-            cached = key is not None and ResultCache(service.settings.cache_dir).get(key) is not None
+            cached = key is not None and ResultCache(service.settings.cache_dir).get(
+                key, claim_id=claim.id, model=name) is not None
             if timed and name not in per_forward:
                 per_forward[name] = _time_one_forward(service, name)
         except MechtestError as e:

@@ -19,63 +19,23 @@ import pytest
 
 from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
+from mechtest.decision import MAX_PROMPTS
 from mechtest.errors import ClaimError, MechtestError
 from mechtest.metrics import get_metric
 from mechtest.model_registry import ModelSpec, parse_model_option, worker_device
+from mechtest.options import add_options
 from mechtest.settings import Settings
 from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 
 SESSION_KEY = pytest.StashKey[Mechtest]()
 LOG_KEY = pytest.StashKey[RunLog]()
-DEFAULT_CLAIM_FILES = ["claims.toml", "*.claims.toml", "claims_*.toml"]
 
 
 # ------------------------------------------------------------------------------------------- options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mechtest", "mechtest: mechanistic-interpretability claims")
-    group.addoption("--mechtest-model", action="append", default=[], metavar="NAME=REF", dest="mechtest_model",
-                    help="make a checkpoint available under NAME (repeatable); REF: a directory, a .gguf file, or a "
-                         "hub id name / org/name[@revision] found in the local hub cache")
-    group.addoption("--mechtest-device", default=None, metavar="DEVICE",
-                    help="device for every model: cpu, cuda, cuda:N, mps, or auto (device_map='auto' across the "
-                         "visible GPUs); default: cuda if available, else cpu")
-    group.addoption("--mechtest-dtype", default=None, metavar="DTYPE",
-                    help="dtype for every model: float32 (default), bfloat16, float16")
-    group.addoption("--mechtest-cache-dir", default=None, metavar="DIR",
-                    help="activation cache directory (default: ini mechtest_cache_dir or <rootdir>/.mechtest_cache)")
-    group.addoption("--mechtest-clear-cache", action="store_true", default=False,
-                    help="empty the activation cache before the run")
-    group.addoption("--mechtest-prompts", type=int, default=None, metavar="N",
-                    help="use N prompts for every claim and method call (a quick run); default: each claim's n_prompts")
-    group.addoption("--mechtest-inconclusive", default=None, choices=("pass", "fail", "xfail"),
-                    help="what an INCONCLUSIVE claim (its interval straddles the bound) does: fail (default), pass, "
-                         "or xfail; overrides each claim's own 'inconclusive'")
-    group.addoption("--mechtest-recompute", action="store_true", default=False,
-                    help="measure every claim again instead of reading unchanged claims' cached results")
-    group.addoption("--mechtest-plan", action="store_true", default=False,
-                    help="print each claim's forward passes, whether it is cached and a time estimate; run nothing")
-    group.addoption("--mechtest-max-models", type=int, default=None, metavar="N",
-                    help="keep at most N models in memory; loading another releases the least recently used")
-    group.addoption("--mechtest-progress", default="auto", choices=("auto", "yes", "no"),
-                    help="one line per claim with its forward passes and estimated time, shown through pytest's "
-                         "capture: auto = on a terminal and not under CI (default), yes, no")
-    group.addoption("--mechtest-json", default=None, metavar="PATH",
-                    help="write every claim's result and the run's provenance as JSON to PATH")
-    group.addoption("--mechtest-report", default=None, metavar="DIR",
-                    help="write head heat maps (PNG) of path-patching scores, circuit heads outlined, into DIR")
-    group.addoption("--mechtest-require", action="append", default=[], metavar="NAME", dest="mechtest_require",
-                    help="fail at start unless model NAME is configured and found (repeatable; for CI gates)")
-    parser.addini("mechtest_require", type="linelist", default=[],
-                  help="models that must be configured and found, one name per line (for CI gates)")
-    parser.addini("mechtest_models", type="linelist", default=[],
-                  help="models by name, one 'name = ref' per line (a directory relative to the rootdir, a .gguf "
-                       "file, or a hub id)")
-    parser.addini("mechtest_cache_dir", type="string", default="",
-                  help="activation cache directory (relative: the rootdir); default .mechtest_cache")
-    parser.addini("mechtest_claim_files", type="args", default=DEFAULT_CLAIM_FILES,
-                  help="glob patterns of TOML files collected as claims (default: %s)" % " ".join(DEFAULT_CLAIM_FILES))
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,8 +87,9 @@ def _settings(config: pytest.Config) -> Settings:
         except MechtestError as e:
             raise pytest.UsageError(f"required model {name!r}: {e}") from None
     prompts = config.getoption("mechtest_prompts")
-    if prompts is not None and prompts < 1:
-        raise pytest.UsageError(f"--mechtest-prompts must be >= 1, got {prompts}")
+    if prompts is not None and (prompts < 1 or prompts > MAX_PROMPTS):
+        raise pytest.UsageError(f"--mechtest-prompts must be >= 1, got {prompts}" if prompts < 1 else
+                                f"--mechtest-prompts must be <= {MAX_PROMPTS}, got {prompts}")
     cache = config.getoption("mechtest_cache_dir") or config.getini("mechtest_cache_dir") or ".mechtest_cache"
     cache_dir = Path(cache).expanduser()
     if not cache_dir.is_absolute():
@@ -147,14 +108,17 @@ def _settings(config: pytest.Config) -> Settings:
             device = check_device(device)
         except MechtestError as e:
             raise pytest.UsageError(f"--mechtest-device: {e}") from None
-    if config.getoption("mechtest_json"):
-        from mechtest.report.json_report import check_json_path
-
-        try:
-            check_json_path(Path(config.getoption("mechtest_json")))
-        except MechtestError as e:
-            raise pytest.UsageError(str(e)) from None
     report = config.getoption("mechtest_report")
+    from mechtest.preflight import check_report_dir
+    from mechtest.report.json_report import check_json_path
+
+    try:
+        if config.getoption("mechtest_json"):
+            check_json_path(Path(config.getoption("mechtest_json")))
+        if report:
+            check_report_dir(Path(report))
+    except MechtestError as e:
+        raise pytest.UsageError(str(e)) from None
     return Settings(models=models, device=device, dtype=dtype, cache_dir=cache_dir,
                     prompts=prompts, report_dir=Path(report).resolve() if report else None,
                     update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
@@ -196,11 +160,19 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 
 class ClaimFile(pytest.File):
-    """A TOML file of ``[[claim]]`` tables: one item per claim x model; a malformed claim fails collection."""
+    """A TOML file of ``[[claim]]`` tables: one item per claim x model; a malformed claim fails collection, and
+    so does any other failure to read the file (a collection error naming the file and the cause)."""
 
     def collect(self):
-        claims = load_claims(self.path, rootdir=self.config.rootpath)
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        dirs = tuple(self.config.rootpath / d for d in self.config.getini("mechtest_circuit_dirs"))
+        try:
+            claims = load_claims(self.path, rootdir=self.config.rootpath, circuit_dirs=dirs)
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except ClaimError:
+            raise
+        except Exception as e:  # noqa: BLE001  (any cause becomes one collection error naming the file)
+            raise ClaimError(f"{self.path}: cannot be read as a claim file: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from None
         for claim in claims:
             pattern = re.compile(rf"""^\s*id\s*=\s*["']{re.escape(claim.id)}["']""")
             lineno = next((i for i, line in enumerate(lines) if pattern.match(line)), 0)
@@ -208,10 +180,10 @@ class ClaimFile(pytest.File):
                 yield ClaimItem.from_parent(self, name=f"{claim.id}[{model}]", claim=claim, model_name=model,
                                             lineno=lineno)
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ClaimError):
             return f"ClaimError: {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        return super().repr_failure(excinfo)
 
 
 class ClaimFailed(Exception):
@@ -270,7 +242,12 @@ class ClaimItem(pytest.Item):
             return str(excinfo.value)
         if isinstance(excinfo.value, MechtestError):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        if self.config.getoption("tbstyle", "auto") == "long" or self.config.getoption("fulltrace", False) \
+                or not isinstance(excinfo.value, Exception):
+            return super().repr_failure(excinfo, style)
+        from mechtest.report.failure import claim_error_text
+
+        return claim_error_text(self.claim, self.model_name, excinfo.value)
 
     def reportinfo(self):
         return self.path, self.lineno, f"{self.claim.id} [{self.model_name}] ({self.claim.metric})"
@@ -320,6 +297,22 @@ def head_snapshot(snapshot):
 # ------------------------------------------------------------------------------------------- reports
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember the claims this run is to run (an interrupted run lists those it never reached); with
+    --snapshot-update, check every snapshot folder it will write into before any work."""
+    items = [i for i in session.items if isinstance(i, ClaimItem)]
+    session.config.stash[LOG_KEY].collected += [i.nodeid for i in items]
+    if session.config.stash[SESSION_KEY].settings.update_snapshots:
+        from mechtest.metrics.path_patching import snapshot_path
+        from mechtest.preflight import check_snapshot_dirs
+
+        try:
+            check_snapshot_dirs(snapshot_path(i.claim, i.model_name).parent for i in items
+                                if i.claim.metric == "path_patching")
+        except MechtestError as e:
+            raise pytest.UsageError(str(e)) from None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session):
     """With --mechtest-plan: print the cost plan of the collected claims and run nothing. Otherwise, before a
@@ -349,6 +342,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if api is None or log is None:
         return
     log.absorb(api)
+    log.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop or session.shouldfail)
     if not _is_controller(config):
         config.workeroutput["mechtest"] = log.to_worker_output()
         return
@@ -357,16 +351,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         data = json_report(log.results, log.skipped, provenance(
             rootdir=config.rootpath, models=log.models, seeds=log.seeds, cache_stats=log.cache_stats(),
             options={"prompts": api.settings.prompts, "device": api.settings.device, "dtype": api.settings.dtype,
-                     "cache_dir": str(api.settings.cache_dir)}))
+                     "cache_dir": str(api.settings.cache_dir)}), interrupted=log.interrupted, not_run=log.not_run())
         write_json(Path(path), data)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     log = config.stash.get(LOG_KEY, None)
-    if log is None or not _is_controller(config) or not (log.results or log.skipped):
+    if log is None or not _is_controller(config) or not (log.results or log.skipped or log.not_run()):
         return
     terminalreporter.section("mechtest claims")
-    for line in summary_lines(log.results, log.skipped):
+    for line in summary_lines(log.results, log.skipped, interrupted=log.interrupted, not_run=log.not_run()):
         terminalreporter.write_line(line)
     path = config.getoption("mechtest_json")
     if path:
@@ -381,6 +375,13 @@ class _XdistController:
 
     def __init__(self, log: RunLog) -> None:
         self.log = log
+
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        """The claims the workers collected (the controller collects nothing itself)."""
+        patterns = node.config.getini("mechtest_claim_files")
+        claims = [i for i in ids if any(fnmatch.fnmatch(Path(i.split("::")[0]).name, p) for p in patterns)]
+        self.log.collected = sorted(set(self.log.collected) | set(claims))
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error) -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from mechtest.claims import Claim
 from mechtest.decision import ERROR, INCONCLUSIVE, PASS, decide, look_level, prompts_to_decide, schedule
 from mechtest.errors import MechtestError
-from mechtest.metrics import get_metric
+from mechtest.metrics import Outcome, get_metric
 from mechtest.report.result import ClaimResult, safe_name
 from mechtest.result_cache import ResultCache, claim_key
 
@@ -35,13 +35,16 @@ def run_claim(service, claim: Claim, model_name: str, nodeid: str = "") -> tuple
                          seed=seed, n_boxes=claim.n_boxes, decide=claim.decide)
     circuit, raised = None, None
     key = cache_key(service, claim, metric, model_name)
-    cached = ResultCache(service.settings.cache_dir).get(key) if key else None
+    cached = ResultCache(service.settings.cache_dir).get(key, claim_id=claim.id, model=model_name) if key else None
     if cached is not None:
         return _finished(service, claim, model_name, replace(cached, nodeid=nodeid, cached=True), None), None
     try:
         n_boxes = claim.n_boxes or service.n_boxes(model_name)
         for n in sizes:
             outcome = metric.measure(service, claim, model_name, n=n, seed=seed, n_boxes=n_boxes)
+            if not isinstance(outcome, Outcome):
+                raise MechtestError(f"metric {claim.metric!r}: measure() returned {type(outcome).__name__}, not "
+                                    "an Outcome (return Outcome(value, measurement))")
             result, circuit = _decided(result, claim, outcome, n, n_boxes, level), outcome.circuit
             if result.outcome != INCONCLUSIVE:
                 break

@@ -104,7 +104,8 @@ class Service:
         if not isinstance(spec, str):
             return load_circuit(spec)
         if spec.startswith("discovered:"):
-            return self.discover(spec.split(":", 1)[1], n=n, seed=seed).circuit
+            return self.discover(spec.split(":", 1)[1], n=n, seed=seed).circuit.require_heads(
+                ": path patching found no head that lowers the answer's probability")
         if not spec.startswith("paper:") and not Path(spec).is_absolute():
             spec = str(self.rootdir / spec)
         return self.memoised(("circuit", spec), lambda: load_circuit(spec))

@@ -140,8 +140,36 @@ def _is_matrix(obj) -> bool:
     return isinstance(obj, Mapping) and set(obj) == {"shape", "values"}
 
 
+def matrix_problem(obj) -> str | None:
+    """Why a ``{"shape", "values"}`` matrix is malformed (values not exactly of its shape), or None."""
+    shape, values = obj.get("shape"), obj.get("values")
+    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                            for n in shape)):
+        return f"shape {shape!r} is not a list of sizes"
+    return _shape_problem(values, shape, ())
+
+
+def _shape_problem(values, shape: list[int], index: tuple) -> str | None:
+    where = "values" + "".join(f"[{i}]" for i in index)
+    if not shape:
+        if isinstance(values, bool) or not isinstance(values, (int, float, str)):
+            return f"{where} is not a number"
+        return None
+    if not isinstance(values, list):
+        return f"{where} is not a list (shape {shape})"
+    if len(values) != shape[0]:
+        return f"{where} has {len(values)} entries, its shape says {shape[0]}"
+    for i, v in enumerate(values):
+        if problem := _shape_problem(v, shape[1:], (*index, i)):
+            return problem
+    return None
+
+
 def _walk(act, exp, where: str, m: Mismatch) -> None:
     if _is_matrix(exp) and _is_matrix(act):
+        if problem := matrix_problem(exp):
+            m.problems.append(f"{where or 'matrix'}: the snapshot is malformed: {problem}")
+            return
         if list(act["shape"]) != list(exp["shape"]):
             m.problems.append(f"{where or 'matrix'}: shape {act['shape']} obtained, {exp['shape']} expected")
             return
@@ -264,6 +292,14 @@ def check_claim_snapshot(path: Path, payload: dict, *, settings: dict, update: b
     """
     text = dumps({**payload, **settings})
     obtained = path.with_name(path.name.removesuffix(".json") + ".obtained.json")
+    try:
+        return _check(path, obtained, text, settings, update=update, rtol=rtol, atol=atol)
+    except OSError as e:  # e.g. a read-only snapshot folder: one line, not a traceback
+        raise SnapshotError(f"cannot read or write the snapshot {path}: {e.strerror or e}") from None
+
+
+def _check(path: Path, obtained: Path, text: str, settings: dict, *, update: bool, rtol: float,
+           atol: float) -> SnapshotCheck:
     recorded = _read_recorded(path) if path.is_file() else None
     if update:
         if recorded is not None and recorded.get("n_prompts", 0) > settings.get("n_prompts", 0):
@@ -318,6 +354,11 @@ def _read_recorded(path: Path) -> dict:
                     isinstance(row, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   for v in row) for row in values)):
                 problem = f"step {group!r} is not a matrix of numbers"
+                break
+            shape = step.get("shape")
+            if not (isinstance(shape, list) and len(shape) == 2) or (shape_problem := matrix_problem(step)):
+                problem = f"step {group!r} does not match its shape {shape!r}: " + (
+                    shape_problem if isinstance(shape, list) and len(shape) == 2 else "[layers, heads] expected")
                 break
     if problem:
         raise SnapshotError(f"snapshot {path} is malformed: it {problem}; fix it or delete it and re-record")

@@ -13,13 +13,14 @@ PACKAGE = ROOT / "mechtest"
 
 # Top to bottom: a module may import from its own layer (without cycles) and the layers below it.
 LAYERS = [
-    ("pytest", ["mechtest.plugin"]),
+    ("pytest", ["mechtest.plugin", "mechtest.options"]),
     ("face", ["mechtest", "mechtest.api"]),
     ("claims", ["mechtest.claims", "mechtest.runner", "mechtest.plan", "mechtest.result_cache"]),
     ("metrics", ["mechtest.metrics", "mechtest.metrics.*"]),
-    ("reports", ["mechtest.report", "mechtest.report.*", "mechtest.snapshots"]),
+    ("reports", ["mechtest.report", "mechtest.report.*", "mechtest.snapshots", "mechtest.preflight"]),
     ("service", ["mechtest.service", "mechtest.properties"]),
-    ("loading", ["mechtest.model_registry", "mechtest.model", "mechtest.model_ref", "mechtest.fingerprint"]),
+    ("loading", ["mechtest.model_registry", "mechtest.model", "mechtest.model_ref", "mechtest.checkpoint_config",
+                 "mechtest.fingerprint"]),
     ("methods", ["mechtest.methods", "mechtest.methods.*"]),
     ("task & statistics", ["mechtest.tasks", "mechtest.tasks.*", "mechtest.measure", "mechtest.decision"]),
     ("engine", ["mechtest.heads", "mechtest.forward", "mechtest.architectures", "mechtest.compat"]),

@@ -2,7 +2,8 @@
 
 A node is a head acting at its group's position class (spec 0.2): value fetcher and position transmitter
 at the last token, position detector at the query label, structure reader at the context occurrence of
-the query label. The same head may sit in several groups.
+the query label. The same head may sit in several groups. A circuit read from a file, a dict, the API or a
+discovery must hold at least one head: an empty one measures 0 and passes every ``<=`` claim, testing nothing.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ class Circuit:
 
     @classmethod
     def from_dict(cls, data: Mapping, name: str = "") -> Circuit:
+        """A circuit from its JSON form; a malformed one is a CircuitError that names the problem by shape
+        only, never echoing the data (a circuit path may name any file)."""
         if not isinstance(data, Mapping):
-            raise CircuitError(f"circuit {name or ''} must be a JSON object of group -> [[layer, head], ...]")
+            raise CircuitError(f"circuit {name!r} must be a JSON object of group -> [[layer, head], ...], "
+                               f"not {_kind(data)}")
         found_on = None
         if SHAPE_KEY in data:
             shape = data[SHAPE_KEY]
@@ -43,21 +47,33 @@ class Circuit:
                 found_on = (int(shape["n_layers"]), int(shape["n_heads"]), str(shape.get("model_type", "")))
             except (TypeError, KeyError, ValueError):
                 raise CircuitError(f"circuit {name!r}: {SHAPE_KEY!r} must be {{\"n_layers\": L, \"n_heads\": H, "
-                                   f"\"model_type\": T}}, got {shape!r}") from None
+                                   f"\"model_type\": T}}, not {_kind(shape)}") from None
             data = {k: v for k, v in data.items() if k != SHAPE_KEY}
         unknown = set(data) - set(GROUPS)
         if unknown:
-            raise CircuitError(f"circuit {name!r}: unknown group(s) {sorted(unknown)}; groups are {', '.join(GROUPS)}")
+            raise CircuitError(f"circuit {name!r}: {len(unknown)} unknown group(s) (names not shown); groups are "
+                               f"{', '.join(GROUPS)}")
         groups = {}
         for group in GROUPS:
+            nodes = data.get(group, [])
+            if not isinstance(nodes, (list, tuple)):
+                raise CircuitError(f"circuit {name!r}, group {group!r}: {_kind(nodes)}, not a list of [layer, head]")
             heads = []
-            for node in data.get(group, []):
+            for i, node in enumerate(nodes):
                 if (not isinstance(node, (list, tuple)) or len(node) != 2
                         or not all(isinstance(x, int) and not isinstance(x, bool) for x in node)):
-                    raise CircuitError(f"circuit {name!r}, group {group!r}: node {node!r} is not [layer, head]")
+                    raise CircuitError(f"circuit {name!r}, group {group!r}: node #{i + 1} ({_kind(node)}) is not "
+                                       "[layer, head]")
                 heads.append((int(node[0]), int(node[1])))
             groups[group] = tuple(heads)
-        return cls(groups, name, found_on)
+        return cls(groups, name, found_on).require_heads()
+
+    def require_heads(self, why: str = "") -> Circuit:
+        """The circuit itself, or a CircuitError when no group holds a head (``why`` says how it came to be)."""
+        if not len(self):
+            raise CircuitError(f"circuit {self.name!r} has no heads (every group is empty){why}: a circuit of "
+                               "nothing measures nothing; name at least one head")
+        return self
 
     def to_dict(self) -> dict:
         data: dict = {g: [list(h) for h in self.groups.get(g, ())] for g in GROUPS}
@@ -126,7 +142,7 @@ class Circuit:
 def load_circuit(spec: str | Path | Circuit | Mapping) -> Circuit:
     """``paper:llama|goat|float``, a path to a JSON file, a dict or a Circuit."""
     if isinstance(spec, Circuit):
-        return spec
+        return spec.require_heads()
     if isinstance(spec, Mapping):
         return Circuit.from_dict(spec)
     text = str(spec)
@@ -141,10 +157,21 @@ def load_circuit(spec: str | Path | Circuit | Mapping) -> Circuit:
     if not path.is_file():
         raise CircuitError(f"circuit file not found: {text}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CircuitError(f"circuit file {text} is not valid JSON: {e}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError: positions, never content
+        where = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else \
+            ": not UTF-8 text" if isinstance(e, UnicodeDecodeError) else ": nested too deeply"
+        raise CircuitError(f"circuit file {text} is not valid JSON{where}") from None
     return Circuit.from_dict(data, path.stem)
+
+
+def _kind(value) -> str:
+    """What a value is, by shape only (a circuit file may be any file: its content is never echoed)."""
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} key{'s' if len(value) != 1 else ''}"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value), "null")
 
 
 def random_circuit(like: Circuit, n_layers: int, n_heads: int, seed: int = 0) -> Circuit:

@@ -22,7 +22,7 @@ _KINDS = {
 
 @dataclass(frozen=True)
 class Field:
-    """A typed claim field: its kind, whether it is required, allowed values and a lower bound."""
+    """A typed claim field: its kind, whether it is required, allowed values and bounds."""
 
     kind: str
     required: bool = False
@@ -31,6 +31,7 @@ class Field:
     doc: str = ""
     choices_message: str = ""  # replaces "unknown <field> ...; use one of ..." ({value!r} is the value)
     default: Any = None  # what ``claim.get(name)`` gives when the claim leaves the field out
+    maximum: float | None = None
 
     def check(self, name: str, value: Any) -> str | None:
         """The problem with ``value`` (a message without the field's name), or None."""
@@ -48,6 +49,8 @@ class Field:
             return f"unknown {name} {value!r}; use one of {', '.join(map(str, self.choices))}"
         if self.minimum is not None and not isinstance(value, str) and value < self.minimum:
             return f"must be >= {self.minimum:g}, got {value}"
+        if self.maximum is not None and not isinstance(value, str) and value > self.maximum:
+            return f"must be <= {self.maximum:g}, got {value}"
         if self.kind == "model" and not value:
             return "must name a model"
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from mechtest.decision import MAX_PROMPTS
 from mechtest.metrics.base import Field, Metric, Outcome, register_metric
 from mechtest.spec import PROPERTY_EDGES as EDGES
 from mechtest.spec import PROPERTY_KINDS as PROPERTIES
@@ -32,7 +33,8 @@ class PropertyMetric(Metric):
         "circuit": Field("circuit", doc="the circuit of circuit_agrees"),
         "edge": Field("string", choices=EDGES, doc="the attention edge of knockout_breaks / knockout_keeps"),
         "layer": Field("int", minimum=0, doc="knockouts block the edge in every layer >= layer (default 0)"),
-        "max_examples": Field("int", minimum=1, doc="prompts generated (default: the claim's n_prompts)"),
+        "max_examples": Field("int", minimum=1, maximum=MAX_PROMPTS,
+                              doc="prompts generated (default: the claim's n_prompts)"),
         "min_boxes": Field("int", minimum=2, doc="fewest boxes of a generated prompt (default 2)"),
         "max_boxes": Field("int", minimum=2, doc="most boxes (default: the claim's n_boxes or the model's)"),
     }

@@ -53,11 +53,14 @@ def git_info(rootdir: Path) -> dict | None:
         return None
 
 
-def json_report(results: list[ClaimResult], skipped: list[dict], provenance_: dict) -> dict:
+def json_report(results: list[ClaimResult], skipped: list[dict], provenance_: dict, *, interrupted: bool = False,
+                not_run: list[str] = ()) -> dict:
+    """The report; ``interrupted`` and ``not_run`` (node ids of collected claims that never ran) tell a CI that
+    reads only this file that the run is incomplete."""
     keys = ("id", "model", "metric", "value", "ci_low", "ci_high", "expect", "outcome", "passed", "n_prompts",
             "seed", "n_boxes", "nodeid", "heatmap", "error", "details", "decide", "level", "looks", "prompts_needed", "cached")
     claims = [{k: r.to_dict()[k] for k in keys} for r in sorted(results, key=lambda r: (r.nodeid, r.id, r.model))]
-    return {"claims": claims,
+    return {"interrupted": interrupted, "not_run": sorted(not_run), "claims": claims,
             "skipped": sorted(skipped, key=lambda s: (s["nodeid"], s["model"])),
             "provenance": provenance_}
 
@@ -69,6 +72,10 @@ def check_json_path(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise MechtestError(f"--mechtest-json {path}: {parent} is not a directory")
+    from mechtest.preflight import writable_problem
+
+    if problem := writable_problem(parent):
+        raise MechtestError(f"--mechtest-json {path}: {problem}")
 
 
 def write_json(path: Path, data: dict) -> None:

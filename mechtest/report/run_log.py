@@ -17,6 +17,8 @@ class RunLog:
     models: dict[str, dict] = field(default_factory=dict)
     seeds: set[int] = field(default_factory=set)
     cache: list[dict] = field(default_factory=list)  # one stats dict per process
+    collected: list[str] = field(default_factory=list)  # node ids of the claim items the run was to run
+    interrupted: bool = False  # Ctrl-C, -x / --maxfail or pytest.exit ended the run early
 
     def record_skip(self, claim, model_name: str, nodeid: str, reason: str) -> None:
         self.skipped.append({"id": claim.id, "model": model_name, "nodeid": nodeid, "reason": reason})
@@ -38,6 +40,11 @@ class RunLog:
         self.models.update(data["models"])
         self.seeds.update(data["seeds"])
         self.cache += data["cache"]
+
+    def not_run(self) -> list[str]:
+        """Collected claims with neither a result nor a skip: an interrupted run never reached them."""
+        done = {r.nodeid for r in self.results} | {s["nodeid"] for s in self.skipped}
+        return sorted(set(self.collected) - done)
 
     def cache_stats(self) -> dict:
         total = {"hits": 0, "misses": 0, "computed": 0, "invalid": 0}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from mechtest.report.result import ClaimResult, fmt
 
 
-def summary_lines(results: list[ClaimResult], skipped: list[dict]) -> list[str]:
-    """A fixed-width table, one row per evaluated claim, sorted by claim id and model."""
+def summary_lines(results: list[ClaimResult], skipped: list[dict], *, interrupted: bool = False,
+                  not_run: list[str] = ()) -> list[str]:
+    """A fixed-width table, one row per evaluated claim, sorted by claim id and model; an interrupted run
+    says so and lists the collected claims that never ran."""
     rows = [("claim", "model", "measured", "interval", "expected", "result")]
     for r in sorted(results, key=lambda r: (r.id, r.model, r.nodeid)):
         interval = f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]" if r.ci_low is not None else "-"
@@ -24,4 +26,8 @@ def summary_lines(results: list[ClaimResult], skipped: list[dict]) -> list[str]:
         tail += f" ({', '.join(broken)})"
     if skipped:
         tail += f"; {len(skipped)} skipped (model not configured)"
-    return lines + [tail]
+    if not interrupted and not not_run:
+        return lines + [tail]
+    stop = [f"RUN INTERRUPTED: {len(not_run)} collected claim{'s' if len(not_run) != 1 else ''} never ran"
+            + (":" if not_run else "")]
+    return lines + [tail, *stop, *(f"  not run: {nodeid}" for nodeid in not_run)]
