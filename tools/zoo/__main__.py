@@ -1,8 +1,10 @@
-"""``python -m tools.zoo {build,planted,scratch} ...``: rebuild the shipped fixture checkpoints.
+"""``python -m tools.zoo {build,planted,scratch,probe} ...``: rebuild the shipped fixture checkpoints.
 
 ``build`` makes the shipped zoo and controls (tools/zoo/fallback.py: from noised planted models, trained);
 ``planted`` writes the hand-built models; ``scratch`` is the from-scratch trainer (tools/zoo/train.py), whose
 recipes did not form a faithful circuit on CPU (fixtures/zoo/FALLBACK.md says why the zoo is built otherwise).
+``probe`` measures a model's robustness to weight noise, fine-tunes and rerouting (tools/zoo/robust.py,
+tools/zoo/ROBUST.md).
 """
 
 from __future__ import annotations
