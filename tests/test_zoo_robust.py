@@ -1,0 +1,51 @@
+"""The robustness probe's tools (tools/zoo/robust.py): the rescalings must not change the function, must
+balance the blocks they claim to, and the noise must have the size the probe reports."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tools.zoo import robust  # noqa: E402
+from tools.zoo.planted import build_model  # noqa: E402
+from tools.zoo.train import Ids, make_batch  # noqa: E402
+from tools.zoo.vocab import build_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def planted_and_batch():
+    gen = torch.Generator().manual_seed(0)
+    x, _, _ = make_batch(Ids(build_tokenizer()), gen, 4, 5, 2)
+    return build_model("planted"), x
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(input_ids=x).logits
+
+
+def test_balance_and_residual_scale_keep_the_function_and_balance_each_head(planted_and_batch):
+    model, x = planted_and_batch
+    before = _logits(model, x)
+    changed = robust._copy(model)
+    robust.balance(changed)
+    robust.scale_residual(changed, 16.0)
+    after = _logits(changed, x)
+    assert torch.allclose(after, before, rtol=1e-3, atol=1e-3 * before.abs().max().item())
+    for attn, q, k, v in robust._heads(changed):
+        w = attn.c_attn.weight
+        assert w[:, q].norm().item() == pytest.approx(w[:, k].norm().item(), rel=1e-4)
+        assert w[:, v].norm().item() == pytest.approx(w[:, q].norm().item(), rel=1e-4)
+    wte = changed.transformer.wte.weight
+    assert wte.norm().item() == pytest.approx(16.0 * model.transformer.wte.weight.norm().item(), rel=1e-5)
+    assert not torch.allclose(changed.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
+
+
+def test_relative_noise_has_the_requested_size_per_tensor(planted_and_batch):
+    model, _ = planted_and_batch
+    noised = robust._copy(model)
+    robust.rel_noise(noised, 0.01, seed=0)
+    for (name, p), q in zip(model.named_parameters(), noised.parameters()):
+        if p.numel() >= 10_000:
+            assert (q - p).std().item() == pytest.approx(0.01 * p.std().item(), rel=0.05), name
