@@ -1,8 +1,7 @@
 """Candidate models built at run time from the loaded base: a PEFT adapter merged in, 1 % relative weight
 noise, heads renamed within their KV groups. Each gets its own fingerprint (the cache is keyed on it).
 
-Adapters are merged with peft's ``merge_and_unload`` on a fresh copy of the HF base until mechtest loads
-``BASE+ADAPTER_DIR`` itself.
+Adapters load through mechtest's own ``BASE+ADAPTER_DIR`` path (peft merge), as a user's would.
 """
 
 from __future__ import annotations
@@ -23,16 +22,11 @@ def _derived(base, hf, name: str, recipe: str):
 
 
 def adapter(base, adapter_dir: Path, name: str | None = None):
-    """The base with the LoRA adapter in ``adapter_dir`` merged in (float32)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    """The base with the LoRA adapter in ``adapter_dir`` merged in, loaded as a user names it:
+    ``BASE+ADAPTER_DIR`` (mechtest.adapters)."""
+    from mechtest.model import load_model
 
-    hf = AutoModelForCausalLM.from_pretrained(HF_DIR, dtype=torch.float32, attn_implementation="eager")
-    merged = PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
-    files = hashlib.sha256()
-    for f in sorted(adapter_dir.glob("adapter_*")):
-        files.update(f.read_bytes())
-    return _derived(base, merged, name or adapter_dir.name, f"adapter:{files.hexdigest()}")
+    return load_model(f"{HF_DIR}+{adapter_dir}", dtype="float32", name=name or adapter_dir.name)
 
 
 def noised(base, relative: float = 0.01, seed: int = 0, name: str = "noise-1pct"):

@@ -1,9 +1,9 @@
 """The paper's story on real weights: Qwen base and every control, at several seeds.
 
 Base: accuracy, the recorded circuit's faithfulness (fixtures/real/qwen-base.json), random circuits of the
-same sizes. Each control: ``mechtest.methods.compare`` against the base with the recorded circuit as the base's
-discovery (the candidate's own discovery uses the same sizes, receivers and prompt count) - accuracy,
-faithfulness in the candidate, CMAP of the circuit heads, overlap, verdict - next to its expected verdict.
+same sizes. Each control: ``mechtest.methods.compare`` against the base with the recorded base circuit, as the real tier's
+verdict claims run it - accuracy, faithfulness in the candidate, the value fetchers' share, CMAP of the circuit
+heads, verdict - next to its expected verdict.
 Results go to fixtures/real/measurements.json (written after each comparison) and MEASUREMENTS.md.
 """
 
@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from tools.real.common import FIXTURES, N_BOXES, load, meas, threads, write_json
 
@@ -22,16 +21,11 @@ EXPECTED = {"benign": "preserved", "rerouted": "not preserved", "forgetting": "n
             "noise": "preserved", "renamed": "not preserved"}
 
 
-def base_discovery(model, card: dict):
-    """The recorded circuit with the path-patching scores it was cut from (for the supporting profile)."""
+def base_circuit():
+    """The recorded circuit (fixtures/real/qwen-base.json), as the verdict claims name it."""
     from mechtest.methods.circuits import Circuit
-    from mechtest.methods.discovery import Discovery
-    from mechtest.methods.path_patching import PathPatchingResult, Step, StepResult
 
-    circuit = Circuit.from_dict(json.loads((FIXTURES / "qwen-base.json").read_text()), "qwen-base")
-    result = PathPatchingResult({g: StepResult(Step(g, "", ()), torch.tensor(s), card["discovery_prompts"],
-                                               card["seed"]) for g, s in card["scores"].items()})
-    return Discovery(circuit, result, card["sizes"], card["receivers"], card["discovery_prompts"], card["seed"])
+    return Circuit.from_dict(json.loads((FIXTURES / "qwen-base.json").read_text()), "qwen-base")
 
 
 def controls(names: list[str]) -> list[tuple[str, str]]:
@@ -53,49 +47,32 @@ def build(base, name: str, kind: str, seed: int):
     return ctl.adapter(base, FIXTURES / name)
 
 
-def measure_base(base, disc, seed: int, n: int, cache) -> dict:
+def measure_base(base, circuit, seed: int, n: int, cache) -> dict:
     from mechtest.methods.evaluation import accuracy, faithfulness, random_circuit_faithfulness
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
 
     data = make_dataset(base.tokenizer, n, n_boxes=N_BOXES, seed=seed + 3)
     ref = mean_ablation_set(base.tokenizer, n, n_boxes=N_BOXES, seed=seed + 4)
     return {"accuracy": meas(accuracy(base, data, seed=seed)),
-            "faithfulness": meas(faithfulness(base, disc.circuit, data, ref, seed=seed, cache=cache)),
-            "random_circuits": meas(random_circuit_faithfulness(base, disc.circuit, data, ref, n_draws=5,
+            "faithfulness": meas(faithfulness(base, circuit, data, ref, seed=seed, cache=cache)),
+            "random_circuits": meas(random_circuit_faithfulness(base, circuit, data, ref, n_draws=5,
                                                                 seed=seed, cache=cache))}
 
 
-def value_fetchers(cand, disc, seed: int):
-    """The candidate's own discovery, value-fetcher step only: the one the verdict's overlap check reads (the
-    step needs no receivers, so it equals a full discovery's); the later steps only feed the supporting
-    profile correlation, which then covers this step alone. Saves three path-patching steps per candidate."""
-    from mechtest.methods.circuits import Circuit, candidate_circuit
-    from mechtest.methods.discovery import Discovery
-    from mechtest.methods.path_patching import path_patching
-    from mechtest.tasks.entity_tracking import make_dataset, path_patching_corruption
-
-    data = make_dataset(cand.tokenizer, disc.n_prompts, n_boxes=N_BOXES, seed=seed)
-    corrupt = path_patching_corruption(data, cand.tokenizer, seed=seed + 1)
-    scores = path_patching(cand, data, corrupt, seed=seed, progress=False, groups=("value_fetcher",))
-    circuit = Circuit(candidate_circuit(scores.steps, disc.sizes).groups, f"discovered:{cand.name}").found_in(cand)
-    return Discovery(circuit, scores, disc.sizes, disc.receivers, disc.n_prompts, seed)
-
-
-def measure_control(base, cand, disc, seed: int, n: int, cache) -> dict:
+def measure_control(base, cand, circuit, seed: int, n: int, cache) -> dict:
+    """The verdict as the real tier's claims give it: ``compare`` with the recorded base circuit."""
     from mechtest.methods.compare import compare
 
     t0 = time.time()
-    own = value_fetchers(cand, disc, seed)
-    c = compare(base, cand, n_prompts=n, n_boxes=N_BOXES, seed=seed, base_discovery=disc, candidate_discovery=own,
-                cache=cache, progress=False)
+    c = compare(base, cand, n_prompts=n, n_boxes=N_BOXES, seed=seed, base_circuit=circuit, cache=cache,
+                progress=False)
     return {"verdict": c.verdict, "reason": c.reason, "accuracy": meas(c.candidate_accuracy),
             "base_accuracy": meas(c.base_accuracy), "gain": meas(c.accuracy_difference),
             "faithfulness": meas(c.faithfulness) if c.faithfulness else None,
             "base_faithfulness": meas(c.base_faithfulness) if c.base_faithfulness else None,
+            "fetcher_share": meas(c.fetcher_share),
             "cmap_accuracy": meas(c.cmap_accuracy), "cmap_gain": meas(c.cmap_gain),
             "cmap_explained": meas(c.cmap_explained) if c.cmap_explained else None,
-            "overlap": {g: round(v, 3) for g, v in c.overlap.items()},
-            "profile_r": round(float(c.profile_correlation), 3),
             "checks": [f"{k.name}: {k.outcome}" for k in c.checks], "seconds": round(time.time() - t0)}
 
 
@@ -128,19 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     memoise_plain_runs()
     from mechtest.cache import ActivationCache
 
-    card = json.loads((FIXTURES / "qwen-base.card.json").read_text())
     base = load()
-    disc = base_discovery(base, card)
+    circuit = base_circuit()
     cache = ActivationCache(".real/cache")
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"base": {}, "controls": {}}
-    results.update(n_prompts=args.prompts, n_boxes=N_BOXES, circuit_sizes=disc.circuit.sizes)
+    results.update(n_prompts=args.prompts, n_boxes=N_BOXES, circuit_sizes=circuit.sizes)
 
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
     for seed in args.seeds:
         if str(seed) not in results["base"] and not args.skip_base:
-            results["base"][str(seed)] = measure_base(base, disc, seed, args.prompts, cache)
+            results["base"][str(seed)] = measure_base(base, circuit, seed, args.prompts, cache)
             write_json(args.out, results)
         log(f"base seed {seed}: {results['base'].get(str(seed))}")
         for name, kind in controls(args.controls):
@@ -148,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             if str(seed) in row["seeds"]:
                 continue
             cand = build(base, name, kind, seed)
-            row["seeds"][str(seed)] = measure_control(base, cand, disc, seed, args.prompts, cache)
+            row["seeds"][str(seed)] = measure_control(base, cand, circuit, seed, args.prompts, cache)
             del cand
             write_json(args.out, results)
             r = row["seeds"][str(seed)]

@@ -21,7 +21,7 @@ def write_report(results: dict, path: Path) -> None:
         "fetchers / position transmitters / position detectors / structure readers). Intervals are 95 %.",
         "",
         "| model | seed | accuracy | base circuit's faithfulness | random circuits | CMAP gain (fine-tune -> base) | "
-        "CMAP explained | VF overlap | verdict | expected |",
+        "CMAP explained | value fetchers' share | verdict | expected |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for seed, b in sorted(results["base"].items()):
@@ -31,7 +31,7 @@ def write_report(results: dict, path: Path) -> None:
         for seed, r in sorted(row["seeds"].items()):
             ok = "" if r["verdict"] == row["expected"] else " (differs)"
             lines.append(f"| {name} | {seed} | {_m(r['accuracy'])} | {_m(r['faithfulness'])} | - | "
-                         f"{_m(r['cmap_gain'])} | {_m(r['cmap_explained'])} | {r['overlap']['value_fetcher']:.2f} | "
+                         f"{_m(r['cmap_gain'])} | {_m(r['cmap_explained'])} | {_m(r.get('fetcher_share'))} | "
                          f"{r['verdict']}{ok} | {row['expected']} |")
     lines += ["", "Why each verdict came out as it did (the gate's checks):", ""]
     for name, row in results["controls"].items():
