@@ -87,13 +87,28 @@ def plan_lines(rows: list[PlanRow]) -> list[str]:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(plan_summary(rows))
+    return lines
+
+
+def plan_summary(rows: list[PlanRow], *, estimate: bool = True) -> str:
+    """The plan's last line: claims, forward passes to run, cached claims and (``estimate``) the time."""
     claims = [r for r in rows if r.metric != "load"]
     todo = [r for r in rows if not r.cached and not r.note]
-    total = sum(r.seconds or 0 for r in todo)
-    lines.append(f"{len(claims)} claims: {sum(r.forwards for r in todo)} forward passes to run "
-                 f"({sum(r.cached for r in claims)} claims cached), estimated {_duration(total)}"
-                 + (" including loading" if len(claims) < len(rows) else ""))
-    return lines
+    line = (f"{len(claims)} claims: {sum(r.forwards for r in todo)} forward passes to run "
+            f"({sum(r.cached for r in claims)} claims cached)")
+    if not estimate:
+        return line
+    return line + f", estimated {_duration(sum(r.seconds or 0 for r in todo))}" + (
+        " including loading" if len(claims) < len(rows) else "")
+
+
+def row_summary(row: PlanRow) -> str:
+    """One claim's plan in words, for the progress line before it runs."""
+    if row.cached:
+        return "cached"
+    return row.note or f"{row.forwards} forward passes" + (
+        "" if row.seconds is None else f", estimated {_duration(row.seconds)}")
 
 
 def heads_total(service, name: str) -> int:
