@@ -30,6 +30,7 @@ def real_models() -> dict[str, str]:
     return models
 
 
+@pytest.hookimpl(trylast=True)  # after mechtest's own pytest_configure has made the session
 def pytest_configure(config):
     from mechtest.model_registry import ModelSpec
     from mechtest.plugin import SESSION_KEY
