@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
+from mechtest.progress import duration
 from mechtest.result_cache import ResultCache
 
 
@@ -79,9 +80,9 @@ def plan_lines(rows: list[PlanRow]) -> list[str]:
     for r in rows:
         if r.metric == "load":
             table.append((r.claim, r.model, "load", "-", "-", "-", "-" if r.seconds is None else
-                          _duration(r.seconds) + " (measured)"))
+                          duration(r.seconds) + " (measured)"))
             continue
-        estimate = r.note or ("-" if r.seconds is None else _duration(0 if r.cached else r.seconds))
+        estimate = r.note or ("-" if r.seconds is None else duration(0 if r.cached else r.seconds))
         table.append((r.claim, r.model, r.metric, str(r.n_prompts), str(r.forwards), "yes" if r.cached else "no",
                       estimate))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -99,7 +100,7 @@ def plan_summary(rows: list[PlanRow], *, estimate: bool = True) -> str:
             f"({sum(r.cached for r in claims)} claims cached)")
     if not estimate:
         return line
-    return line + f", estimated {_duration(sum(r.seconds or 0 for r in todo))}" + (
+    return line + f", estimated {duration(sum(r.seconds or 0 for r in todo))}" + (
         " including loading" if len(claims) < len(rows) else "")
 
 
@@ -108,7 +109,7 @@ def row_summary(row: PlanRow) -> str:
     if row.cached:
         return "cached"
     return row.note or f"{row.forwards} forward passes" + (
-        "" if row.seconds is None else f", estimated {_duration(row.seconds)}")
+        "" if row.seconds is None else f", estimated {duration(row.seconds)}")
 
 
 def heads_total(service, name: str) -> int:
@@ -166,11 +167,3 @@ def _time_one_forward(service, name: str) -> float:
             best = min(best, (time.perf_counter() - start) / _TIMED_BATCH)
     service.memo[key] = best
     return best
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
