@@ -196,3 +196,20 @@ def test_prompt_scores_average_to_the_step_scores():
     assert per_prompt.shape == (model.n_layers * model.n_heads, 21)
     mean = patch_step(model, data, corrupt, step, batch_size=8, progress=False).scores.flatten()
     assert per_prompt.mean(dim=1).double().allclose(mean.double(), atol=1e-6)
+
+
+def test_a_base_is_run_once_for_every_candidate(base, tmp_path):
+    """The base's plain and circuit runs (and its ablation means) come from the cache for a second candidate,
+    with the same per-prompt outcomes as a run without any cache."""
+    from mechtest.cache import ActivationCache
+
+    cache, circuit = ActivationCache(tmp_path), load_circuit(CIRCUIT)
+    run = dict(n_prompts=40, n_boxes=N_BOXES, seed=0, base_circuit=circuit, progress=False)
+    compare(base, load_model(ZOO / "finetuned", name="finetuned"), cache=cache, **run)
+    first = cache.stats.computed
+    other = load_model(ZOO / "other", name="other")
+    cached = compare(base, other, cache=cache, **run)
+    assert cache.stats.computed - first == 3  # the new candidate's plain run, ablation means and circuit run
+    fresh = compare(base, other, **run)
+    assert cached.base_faithfulness.value == fresh.base_faithfulness.value
+    assert cached.faithfulness.value == fresh.faithfulness.value and cached.verdict == fresh.verdict

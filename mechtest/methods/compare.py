@@ -184,15 +184,17 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
 
     data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
     reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
-    base_hits = correct(base, data, batch_size=batch_size)
-    cand_hits = correct(candidate, data, batch_size=batch_size)
+    base_hits = _hits(base, data, cache, {}, lambda: correct(base, data, batch_size=batch_size))
+    cand_hits = _hits(candidate, data, cache, {}, lambda: correct(candidate, data, batch_size=batch_size))
 
     def faithful(model, hits) -> Measurement | None:
         if hits.mean() == 0:
             return None
         means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
-        circ = correct(model, data, batch_size=batch_size,
-                       edits_for_batch=ablation_edits(model, data, means, keep=circuit))
+        run = {"keep": [list(n) for n in circuit.nodes], "reference": _digest(reference.input_ids)}
+        edits = ablation_edits(model, data, means, keep=circuit)
+        circ = _hits(model, data, cache, run, lambda: correct(model, data, batch_size=batch_size,
+                                                              edits_for_batch=edits))
         return ratio("faithfulness", circ, hits, seed=seed, model=model.name, circuit=circuit.name,
                      circuit_accuracy=float(circ.mean()), model_accuracy=float(hits.mean()))
 
@@ -219,6 +221,22 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         sizes={} if disc_base is None else dict(disc_base.sizes),
         receivers={} if disc_base is None else dict(disc_base.receivers))
     return judge(measured, thresholds)
+
+
+def _hits(model, data, cache, what: dict, compute) -> np.ndarray:
+    """Per-prompt correctness through the activation cache (when given), keyed on the model, the prompts, their
+    answers and ``what`` else the run depends on: a base's plain and circuit runs are shared by every candidate."""
+    if cache is None:
+        return compute()
+    key = cache.key(fingerprint=model.fingerprint, inputs=data.input_ids, site="correct", dtype=model.dtype,
+                    extra={"answers": _digest(data.answer_ids), **what})
+    return cache.get_or_compute(key, lambda: {"hits": torch.as_tensor(compute())})["hits"].numpy()
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def cmap_explained(base_hits, cand_hits, cmap_hits, *, seed: int = 0) -> Measurement:

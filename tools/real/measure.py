@@ -76,23 +76,6 @@ def measure_control(base, cand, circuit, seed: int, n: int, cache, bound: float)
             "checks": [f"{k.name}: {k.outcome}" for k in c.checks], "seconds": round(time.time() - t0)}
 
 
-def memoise_plain_runs() -> None:
-    """compare() runs the base unpatched on the same prompts for every control: run it once per process."""
-    from mechtest.methods import evaluation
-
-    plain, memo = evaluation.correct, {}
-
-    def correct(model, dataset, *, edits_for_batch=None, **kw):
-        if edits_for_batch is not None:
-            return plain(model, dataset, edits_for_batch=edits_for_batch, **kw)
-        key = (model.fingerprint, dataset.prompts)
-        if key not in memo:
-            memo[key] = plain(model, dataset, **kw)
-        return memo[key]
-
-    evaluation.correct = correct
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.real measure")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -104,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=FIXTURES / "measurements.json")
     args = parser.parse_args(argv)
     threads()
-    memoise_plain_runs()
     from mechtest.cache import ActivationCache
 
     base = load()
