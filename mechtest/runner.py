@@ -67,7 +67,7 @@ def _finished(service, claim: Claim, model_name: str, result: ClaimResult, circu
     if service.settings.report_dir is None or not (get_metric(claim.metric).always_draws_heatmap or not result.passed):
         return result
     if circuit is None and claim.get("circuit") and not claim.get("circuit").startswith("discovered:"):
-        circuit = service.circuit(claim.get("circuit"))
+        circuit = service.circuit(claim.get("circuit"), task=claim.task)
     return replace(result, heatmap=_heatmap(service, claim, model_name, circuit, result))
 
 
@@ -78,7 +78,7 @@ def _heatmap(service, claim: Claim, model_name: str, circuit, result: ClaimResul
     n, seed = result.n_prompts, result.seed
     try:
         scores = service.path_patching(model_name, n=n, seed=seed, n_boxes=result.n_boxes,
-                                       receivers=claim.get("receivers"))
+                                       receivers=claim.get("receivers"), task=claim.task)
         path = service.settings.report_dir / f"{safe_name(claim.id)}[{safe_name(model_name)}].png"
         return str(heatmap({g: s.scores.numpy() for g, s in scores.steps.items()}, path, circuit=circuit,
                            title=f"{claim.id} on {model_name}: path-patching scores (n={n}, seed={seed})"))
