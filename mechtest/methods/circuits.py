@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from mechtest.errors import CircuitError, TaskError
+from mechtest.spec import GROUP_POSITION, GROUPS  # noqa: F401  (entity tracking's, re-exported)
 from mechtest.tasks.base import DEFAULT_TASK
 from mechtest.tasks.registry import get_task
 
