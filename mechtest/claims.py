@@ -172,9 +172,10 @@ def load_claims(path: str | Path, *, rootdir: str | Path | None = None,
         raise ClaimError(f"{path}: not valid TOML: nested too deeply to parse") from None
     except OSError as e:
         raise ClaimError(f"{path}: cannot be read: {e.strerror or e}") from None
-    unknown_top = set(data) - {"claim"}
+    unknown_top = set(data) - {"claim", "task"}
     if unknown_top:
         raise ClaimError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; claims go in [[claim]] tables")
+    register_tasks(path, "task" in data)
     tables = data.get("claim", [])
     if not isinstance(tables, list):
         raise ClaimError(f"{path}: 'claim' must be an array of tables ([[claim]])")
@@ -256,6 +257,22 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
                  n_boxes=table.get("n_boxes"), path=path, description=table.get("description", ""), params=params,
                  decide=table.get("decide", metric.default_decide), inconclusive=table.get("inconclusive"),
                  max_prompts=table.get("max_prompts", DEFAULT_MAX_PROMPTS))
+
+
+def register_tasks(path: Path, here: bool) -> None:
+    """Register the tasks a claim file may name: every ``*.task.toml`` of its folder and its own ``[[task]]``
+    tables (README, "Write a task"); a malformed task is a ClaimError naming the file."""
+    from mechtest.tasks.registry import register_task, register_task_file
+    from mechtest.tasks.template import parse_tasks
+
+    try:
+        for task_file in sorted(path.parent.glob("*.task.toml")):
+            register_task_file(task_file)
+        if here:
+            for task in parse_tasks(path.read_text(encoding="utf-8"), str(path), path.parent):
+                register_task(task)
+    except TaskError as e:
+        raise ClaimError(f"{path}: {e}") from None
 
 
 def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path | None = None,

@@ -44,6 +44,14 @@ class Service:
         """The loaded model called ``model`` (loaded once); a test asking for an absent model is skipped."""
         return self.models.load(model) if isinstance(model, str) else model
 
+    def check_vocabulary(self, task: str, model: str) -> None:
+        """Raise the task's TokenizerError (naming the task, slot and word) if a word of ``task`` is not one
+        known token for ``model``'s tokenizer; read without loading weights where possible (collection)."""
+        tokenizer = self.memoised(("tokenizer", model), lambda: self.models.tokenizer(model))
+        if tokenizer is not None:
+            spec = get_task(task)
+            self.memoised(("vocabulary", spec.identity(), model), lambda: spec.check_vocabulary(tokenizer))
+
     def n_boxes(self, model) -> int:
         """The box count a model is evaluated on: ``n_boxes`` of its ``mechtest.json``, else 7."""
         return self.models.n_boxes(model if isinstance(model, str) else model.name)

@@ -75,6 +75,13 @@ def token_ids(task, tokenizer) -> dict[str, int]:
                 before = "".join(p if isinstance(p, str) else "" for p in parts[:i]).rstrip(" ")
                 after = next((p for p in parts[i + 1:] if isinstance(p, str)), "")[:2]
                 contexts.setdefault(piece[0], []).append((before, after))
+    unknown = [t for t, text in enumerate(_texts(task, [(t, None, {m: task.vocabularies[task.slots[m[0]]][0]
+                                                                    for m in _marks(task, t)})
+                                                      for t in range(len(task.templates))]))
+               if unk is not None and unk in encode_batch(tokenizer, [text])[0]]
+    if unknown:
+        raise TokenizerError(f"task {task.name!r}: template {task.templates[unknown[0]]!r} has words the tokenizer "
+                             f"{tokenizer_name(tokenizer)} maps to its unknown token")
     ids = {}
     for slot, vocab in task.slots.items():
         for word in task.vocabularies[vocab]:
@@ -135,6 +142,10 @@ def _marks(task, t: int) -> list[tuple[str, int]]:
     return [p for p in task.pieces(t) if isinstance(p, tuple)]
 
 
+def _texts(task, rows) -> list[str]:
+    return ["".join(p if isinstance(p, str) else filled[p] for p in task.pieces(t)) for t, _, filled in rows]
+
+
 def build(task, tokenizer, n: int, *, seed: int = 0, rule=(), purpose: str = "dataset") -> TaskDataset:
     """``n`` prompts drawn with ``seed`` (the reference set draws the same rows, then applies ``rule``)."""
     check_n(n)
@@ -160,8 +171,7 @@ def corrupt(task, base: TaskDataset, tokenizer, *, seed: int = 0) -> TaskDataset
 
 def _pack(task, tokenizer, rows, seed: int) -> TaskDataset:
     ids_of = token_ids(task, tokenizer)
-    texts = ["".join(p if isinstance(p, str) else filled[p] for p in task.pieces(t))
-             for t, _, filled in rows]
+    texts = _texts(task, rows)
     encoded = tokenize(tokenizer, texts)
     lengths = {len(e) for e in encoded}
     if len(lengths) != 1:
