@@ -95,7 +95,7 @@ class Service:
         """The task's evaluation prompts for the model's tokenizer (entity tracking: ``make_dataset``)."""
         model, n, n_boxes = self._sample(model, n, n_boxes, seed)
         spec = get_task(task)
-        return self.memoised(("dataset", spec.name, model.name, n, n_boxes, seed),
+        return self.memoised(_task_key(("dataset", model.name, n, n_boxes, seed), spec.name),
                              lambda: _fitted(model, spec.dataset(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
 
     def reference(self, model, *, n: int | None = None, n_boxes: int | None = None, seed: int = 0,
@@ -103,7 +103,7 @@ class Service:
         """The task's mean-ablation reference prompts (entity tracking: ``mean_ablation_set``)."""
         model, n, n_boxes = self._sample(model, n, n_boxes, seed)
         spec = get_task(task)
-        return self.memoised(("reference", spec.name, model.name, n, n_boxes, seed),
+        return self.memoised(_task_key(("reference", model.name, n, n_boxes, seed), spec.name),
                              lambda: _fitted(model, spec.reference(model.tokenizer, n, n_boxes=n_boxes, seed=seed)))
 
     def circuit(self, spec, *, n: int | None = None, seed: int = 0, task: str | None = None):
@@ -131,8 +131,8 @@ class Service:
         model = self.model(model)
         data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed, task=task)
         recv = default_receivers(model, receivers, task=task)
-        return self.memoised(("path_patching", task, model.name, len(data), data.n_boxes, seed,
-                              tuple(sorted(recv.items()))),
+        return self.memoised(_task_key(("path_patching", model.name, len(data), data.n_boxes, seed,
+                              tuple(sorted(recv.items()))), task),
                              lambda: cached_path_patching(model, data, recv, seed=seed, cache=self.cache))
 
     def discover(self, model, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
@@ -144,7 +144,7 @@ class Service:
 
         model, n, n_boxes = self._sample(model, n, n_boxes, seed, DEFAULT_DISCOVERY_PROMPTS)
         triage = triage_by_default(model) if triage is None else triage
-        return self.memoised(("discover", task, model.name, n, n_boxes, seed, triage, minimal),
+        return self.memoised(_task_key(("discover", model.name, n, n_boxes, seed, triage, minimal), task),
                              lambda: discover_circuit(model, n_prompts=n, n_boxes=n_boxes, seed=seed, triage=triage,
                                                       minimal=minimal, cache=self.cache, task=task))
 
@@ -155,7 +155,7 @@ class Service:
         from mechtest.methods.evaluation import ablation_means
 
         ref = self.reference(model, n=n, n_boxes=n_boxes, seed=seed, task=task)
-        return self.memoised(("means", task, model.name, len(ref), ref.n_boxes, seed),
+        return self.memoised(_task_key(("means", model.name, len(ref), ref.n_boxes, seed), task),
                              lambda: ablation_means(model, ref, cache=self.cache))
 
     def _circuit_sample(self, model, circuit, n, n_boxes, seed, task):
@@ -172,7 +172,7 @@ class Service:
         model = self.model(model)
         data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed, task=task)
         if circuit is None:
-            return self.memoised(("accuracy", task, model.name, len(data), data.n_boxes, seed),
+            return self.memoised(_task_key(("accuracy", model.name, len(data), data.n_boxes, seed), task),
                                  lambda: evaluation.accuracy(model, data, seed=seed))
         circ = self.circuit(circuit, task=task)
 
@@ -182,8 +182,8 @@ class Service:
             hits = evaluation.circuit_correct(model, circ, data, self.ablation_means(model, n, n_boxes, seed, task))
             return proportion("circuit_accuracy", hits, seed=seed, circuit=circ.name)
 
-        return self.memoised(("circuit_accuracy", task, model.name, _circuit_key(circ), len(data), data.n_boxes, seed),
-                             compute)
+        key = ("circuit_accuracy", model.name, _circuit_key(circ), len(data), data.n_boxes, seed)
+        return self.memoised(_task_key(key, task), compute)
 
     def faithfulness(self, model, *, circuit, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
                      task: str = DEFAULT_TASK):
@@ -191,7 +191,8 @@ class Service:
         from mechtest.methods.evaluation import faithfulness
 
         model, circ, data, ref = self._circuit_sample(model, circuit, n, n_boxes, seed, task)
-        return self.memoised(("faithfulness", task, model.name, _circuit_key(circ), len(data), data.n_boxes, seed),
+        key = ("faithfulness", model.name, _circuit_key(circ), len(data), data.n_boxes, seed)
+        return self.memoised(_task_key(key, task),
                              lambda: faithfulness(model, circ, data, ref, seed=seed, cache=self.cache))
 
     def random_circuit_faithfulness(self, model, *, circuit, n_draws: int = DEFAULT_DRAWS, n: int | None = None,
@@ -201,7 +202,7 @@ class Service:
 
         model, circ, data, ref = self._circuit_sample(model, circuit, n, n_boxes, seed, task)
         return self.memoised(
-            ("random", task, model.name, _circuit_key(circ), n_draws, len(data), data.n_boxes, seed),
+            _task_key(("random", model.name, _circuit_key(circ), n_draws, len(data), data.n_boxes, seed), task),
             lambda: random_circuit_faithfulness(model, circ, data, ref, n_draws=n_draws, seed=seed, cache=self.cache))
 
     def completeness(self, model, *, circuit, mode: str = "random", n_draws: int = DEFAULT_DRAWS, n: int | None = None,
@@ -210,7 +211,8 @@ class Service:
 
         model, circ, data, ref = self._circuit_sample(model, circuit, n, n_boxes, seed, task)
         return self.memoised(
-            ("completeness", task, model.name, _circuit_key(circ), mode, n_draws, len(data), data.n_boxes, seed),
+            _task_key(("completeness", model.name, _circuit_key(circ), mode, n_draws, len(data), data.n_boxes, seed),
+                      task),
             lambda: completeness(model, circ, data, ref, mode=mode, n_draws=n_draws, seed=seed, cache=self.cache))
 
     def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
@@ -237,9 +239,9 @@ class Service:
                            base_discovery=found.get(base_model.name), candidate_discovery=found.get(cand_model.name),
                            base_circuit=recorded, thresholds=thresholds)
 
-        key = ("compare", task, base_model.name, cand_model.name, n, n_discover, n_boxes, seed, thresholds,
+        key = ("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed, thresholds,
                None if recorded is None else _circuit_key(recorded))
-        return self.memoised(key, compute)
+        return self.memoised(_task_key(key, task), compute)
 
     def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,
             n_boxes: int | None = None):
@@ -265,8 +267,8 @@ class Service:
         circ = None if circuit is None else self.circuit(circuit, task=task)
         data = self.dataset(model, n=n, n_boxes=n_boxes, seed=seed, task=task)
         return self.memoised(
-            ("cmap", task, model.name, donor.name, None if circ is None else _circuit_key(circ), group, len(data),
-             data.n_boxes, seed),
+            _task_key(("cmap", model.name, donor.name, None if circ is None else _circuit_key(circ), group, len(data),
+             data.n_boxes, seed), task),
             lambda: cmap(model, donor, data, circuit=circ, group=group, seed=seed))
 
     def knockout(self, model, *, edge: str = "last->object", layers=None, n: int | None = None, seed: int = 0,
@@ -288,6 +290,11 @@ def _fitted(model, dataset):
 
     check_fits(model, dataset)
     return dataset
+
+
+def _task_key(key: tuple, task: str) -> tuple:
+    """A memo key naming ``task``; entity tracking's keys are those it had before tasks existed."""
+    return key if task == DEFAULT_TASK else (*key, ("task", task))
 
 
 def _circuit_key(circuit) -> tuple:

@@ -242,3 +242,25 @@ def test_ioi_vocabulary_check_names_the_template_for_another_tokenizer():
         get_task("ioi").check_vocabulary(load_model(ZOO / "planted").tokenizer)
 
 
+
+
+def test_table_and_json_group_claims_by_task():
+    from mechtest.report.json_report import json_report
+    from mechtest.report.result import ClaimResult
+    from mechtest.report.terminal import summary_lines
+
+    def result(id_, task, outcome):
+        return ClaimResult(id=id_, model="m", metric="verdict", value="preserved", ci_low=None, ci_high=None,
+                           expect="preserved", passed=outcome == "PASS", outcome=outcome, task=task,
+                           nodeid=f"f::{id_}[m]")
+
+    results = [result("a-ioi", "ioi", "FAIL"), result("z-et", "entity_tracking", "PASS"),
+               result("b-ioi", "ioi", "PASS")]
+    lines = summary_lines(results, [])
+    assert lines[0].split()[:2] == ["task", "claim"]
+    assert [line.split()[:2] for line in lines[2:5]] == [["entity_tracking", "z-et"], ["ioi", "a-ioi"],
+                                                          ["ioi", "b-ioi"]]
+    tasks = json_report(results, [], {})["tasks"]
+    assert tasks == {"entity_tracking": {"claims": ["f::z-et[m]"], "outcomes": {"PASS": 1}},
+                     "ioi": {"claims": ["f::a-ioi[m]", "f::b-ioi[m]"], "outcomes": {"FAIL": 1, "PASS": 1}}}
+    assert summary_lines(results[1:2], [])[0].startswith("claim")  # one task: the table as before
