@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from mechtest.methods.circuits import Circuit, candidate_circuit
 from mechtest.methods.path_patching import PathPatchingResult
-from mechtest.spec import derived_seed
-from mechtest.tasks.base import DEFAULT_TASK, scaled
+from mechtest.spec import PAPER_CANDIDATES, PAPER_RECEIVERS, derived_seed, scaled  # noqa: F401  (re-exported)
+from mechtest.tasks.base import DEFAULT_TASK
+from mechtest.tasks.base import scaled as scaled_for
 from mechtest.tasks.registry import get_task
 
 # scores(model, base prompts, receivers, *, seed) -> the four steps' scores of every head
@@ -42,13 +43,13 @@ def default_sizes(model, sizes: dict[str, int] | None = None, task: str = DEFAUL
     """The task's candidate counts (the paper's for entity tracking) scaled to ``model``'s head count,
     overridden by ``sizes``."""
     spec = get_task(task)
-    return {**scaled(spec.candidates, model.n_layers * model.n_heads, spec.reference_heads), **(sizes or {})}
+    return {**scaled_for(spec.candidates, model.n_layers * model.n_heads, spec.reference_heads), **(sizes or {})}
 
 
 def default_receivers(model, receivers: dict[str, int] | None = None, task: str = DEFAULT_TASK) -> dict[str, int]:
     """The task's receiver counts scaled to ``model``'s head count, overridden by ``receivers``."""
     spec = get_task(task)
-    return {**scaled(spec.receivers, model.n_layers * model.n_heads, spec.reference_heads), **(receivers or {})}
+    return {**scaled_for(spec.receivers, model.n_layers * model.n_heads, spec.reference_heads), **(receivers or {})}
 
 
 def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int = 0,
