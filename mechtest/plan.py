@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mechtest.errors import MechtestError
 from mechtest.metrics import get_metric
+from mechtest.progress import duration
 from mechtest.result_cache import ResultCache
 
 
@@ -79,21 +80,36 @@ def plan_lines(rows: list[PlanRow]) -> list[str]:
     for r in rows:
         if r.metric == "load":
             table.append((r.claim, r.model, "load", "-", "-", "-", "-" if r.seconds is None else
-                          _duration(r.seconds) + " (measured)"))
+                          duration(r.seconds) + " (measured)"))
             continue
-        estimate = r.note or ("-" if r.seconds is None else _duration(0 if r.cached else r.seconds))
+        estimate = r.note or ("-" if r.seconds is None else duration(0 if r.cached else r.seconds))
         table.append((r.claim, r.model, r.metric, str(r.n_prompts), str(r.forwards), "yes" if r.cached else "no",
                       estimate))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(plan_summary(rows))
+    return lines
+
+
+def plan_summary(rows: list[PlanRow], *, estimate: bool = True) -> str:
+    """The plan's last line: claims, forward passes to run, cached claims and (``estimate``) the time."""
     claims = [r for r in rows if r.metric != "load"]
     todo = [r for r in rows if not r.cached and not r.note]
-    total = sum(r.seconds or 0 for r in todo)
-    lines.append(f"{len(claims)} claims: {sum(r.forwards for r in todo)} forward passes to run "
-                 f"({sum(r.cached for r in claims)} claims cached), estimated {_duration(total)}"
-                 + (" including loading" if len(claims) < len(rows) else ""))
-    return lines
+    line = (f"{len(claims)} claims: {sum(r.forwards for r in todo)} forward passes to run "
+            f"({sum(r.cached for r in claims)} claims cached)")
+    if not estimate:
+        return line
+    return line + f", estimated {duration(sum(r.seconds or 0 for r in todo))}" + (
+        " including loading" if len(claims) < len(rows) else "")
+
+
+def row_summary(row: PlanRow) -> str:
+    """One claim's plan in words, for the progress line before it runs."""
+    if row.cached:
+        return "cached"
+    return row.note or f"{row.forwards} forward passes" + (
+        "" if row.seconds is None else f", estimated {duration(row.seconds)}")
 
 
 def heads_total(service, name: str) -> int:
@@ -151,11 +167,3 @@ def _time_one_forward(service, name: str) -> float:
             best = min(best, (time.perf_counter() - start) / _TIMED_BATCH)
     service.memo[key] = best
     return best
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

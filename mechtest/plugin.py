@@ -234,12 +234,10 @@ class ClaimItem(pytest.Item):
         started = time.perf_counter()
         reporter = _progress_reporter(self.config)
         if reporter is not None:
-            from mechtest.plan import plan_lines, plan_rows
+            from mechtest.plan import plan_rows, row_summary
 
             row = plan_rows(self.config.stash[SESSION_KEY], [self])[0]
-            reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: " + (
-                "cached" if row.cached else plan_lines([row])[-1].split(": ", 1)[1].replace(" to run (0 claims "
-                                                                                           "cached)", "")))
+            reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: {row_summary(row)}")
         result, raised = run_claim(self.config.stash[SESSION_KEY], self.claim, self.model_name, self.nodeid)
         if reporter is not None:
             reporter.write_line(f"mechtest: {self.claim.id}[{self.model_name}]: {result.outcome} in "
@@ -343,7 +341,7 @@ def pytest_runtestloop(session: pytest.Session):
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if not items or reporter is None or not _is_controller(config) or getattr(config.option, "collectonly", False):
         return None
-    from mechtest.plan import plan_lines, plan_rows
+    from mechtest.plan import plan_lines, plan_rows, plan_summary
 
     if config.getoption("mechtest_plan"):
         reporter.section("mechtest plan")
@@ -351,8 +349,8 @@ def pytest_runtestloop(session: pytest.Session):
             reporter.write_line(line)
         return True
     if getattr(config.option, "numprocesses", None) in (None, 0):
-        reporter.write_line(plan_lines(plan_rows(config.stash[SESSION_KEY], items, timed=False))[-1].replace(
-            ", estimated 0.0 s", "") + " (--mechtest-plan for a time estimate)")
+        rows = plan_rows(config.stash[SESSION_KEY], items, timed=False)
+        reporter.write_line(plan_summary(rows, estimate=False) + " (--mechtest-plan for a time estimate)")
     return None
 
 

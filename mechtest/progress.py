@@ -83,13 +83,13 @@ class Line:
         count = f" {self.done}/{self.total}" if self.total else ""
         left = ""
         if self.total and 0 < self.done < self.total:
-            left = f", ~{_duration(elapsed / self.done * (self.total - self.done))} left"
-        return f"mechtest: {self.desc}{count} {_duration(elapsed)}{left}"
+            left = f", ~{duration(elapsed / self.done * (self.total - self.done))} left"
+        return f"mechtest: {self.desc}{count} {duration(elapsed)}{left}"
 
     def close(self) -> None:
         if self.shown:
             elapsed = time.perf_counter() - self.start
-            self._emit(f"mechtest: {self.desc} done in {_duration(elapsed)}", end=True)
+            self._emit(f"mechtest: {self.desc} done in {duration(elapsed)}", end=True)
 
     def _emit(self, text: str, end: bool = False) -> None:
         sink, tty = self._out
@@ -140,7 +140,10 @@ def heartbeat(desc: str, every: float = 1.0):
         line.close()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds for people: "0.4 s", "42 s", "3 min 05 s", "1.5 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:

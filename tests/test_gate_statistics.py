@@ -158,6 +158,7 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
         models = ["candidate"]
         base_circuit = "base.json"
         accuracy_margin = 0.1
+        faithfulness_bound = 0.7
         n_prompts = 98
         expect = "preserved"
     """)
@@ -166,6 +167,9 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
     bad = tmp_path / "bad.claims.toml"
     bad.write_text((pytester.path / "claims.toml").read_text().replace("0.1", "-0.1"))
     with pytest.raises(ClaimError, match="accuracy_margin"):
+        load_claims(bad)
+    bad.write_text((pytester.path / "claims.toml").read_text().replace("0.7", "1.7"))
+    with pytest.raises(ClaimError, match="faithfulness_bound"):
         load_claims(bad)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={tmp_path / 'cache'}",
                                           "--mechtest-model", f"base={ZOO / 'base'}",
@@ -176,6 +180,8 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
     assert row["details"]["recorded_circuit"] is True
     check = next(k for k in row["details"]["checks"] if "non-inferiority" in k["name"])
     assert check["bound"] == -0.1 and check["outcome"] == "PASS" and check["ci_low"] is not None
+    faithful = [k for k in row["details"]["checks"] if k["name"].startswith("base circuit faithful")]
+    assert len(faithful) == 2 and {k["bound"] for k in faithful} == {0.7}
 
 
 def test_prompt_scores_average_to_the_step_scores():

@@ -32,8 +32,8 @@ def test_a_long_step_shows_count_elapsed_and_estimate(lines, monkeypatch):
     monkeypatch.setenv(progress.DELAY_ENV, "0")
     progress.configure("yes", sink=lines.append, tty=False)
     assert list(progress.steps(range(3), "path patching value_fetcher", 3)) == [0, 1, 2]
-    assert lines[0].startswith("mechtest: path patching value_fetcher 1/3 0 s, ~0 s left")
-    assert lines[-1] == "mechtest: path patching value_fetcher done in 0 s\n"
+    assert lines[0].startswith("mechtest: path patching value_fetcher 1/3 0.0 s, ~0.0 s left")
+    assert lines[-1] == "mechtest: path patching value_fetcher done in 0.0 s\n"
 
 
 def test_quiet_when_short_not_a_terminal_under_ci_or_off(lines, monkeypatch):
@@ -51,7 +51,7 @@ def test_quiet_when_short_not_a_terminal_under_ci_or_off(lines, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     progress.configure("auto", sink=lines.append, tty=True)
     list(progress.steps(range(2), "step", 2))
-    assert lines[-1] == "\rmechtest: step done in 0 s\x1b[K\n"  # a terminal: one line rewritten in place
+    assert lines[-1] == "\rmechtest: step done in 0.0 s\x1b[K\n"  # a terminal: one line rewritten in place
 
 
 def test_heartbeat_names_the_inner_step_on_one_line(lines, monkeypatch):

@@ -24,8 +24,20 @@ def test_without_the_model_the_tier_skips_naming_the_fetch_command(pytester, tmp
     result = pytester.runpytest_inprocess("suites/real", "-p", "no:cacheprovider", "-rs",
                                           f"--mechtest-cache-dir={tmp_path}")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("skipped", 0) >= 3 and not outcomes.get("passed") and not outcomes.get("failed")
+    assert outcomes.get("skipped", 0) >= 9 and not outcomes.get("passed") and not outcomes.get("failed")
     result.stdout.fnmatch_lines(["*python -m tools.real fetch*"])
     deselected = pytester.runpytest_inprocess("suites/real", "-p", "no:cacheprovider", "-m", "not real",
                                               f"--mechtest-cache-dir={tmp_path}")
     assert deselected.parseoutcomes().get("deselected", 0) >= 3
+
+
+def test_with_the_model_file_present_the_tier_registers_it(pytester, tmp_path):
+    root = _tier(pytester)
+    gguf = root / ".real" / "qwen" / "model.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"not a gguf")  # registered by name; loading it then fails naming the file
+    result = pytester.runpytest_inprocess("suites/real", "-p", "no:cacheprovider", "-k", "qwen-accuracy",
+                                          f"--mechtest-cache-dir={tmp_path}")
+    out = result.stdout.str()
+    assert "not configured" not in out and "not fetched" not in out
+    assert "model.gguf" in out and result.parseoutcomes().get("failed") == 1

