@@ -264,3 +264,15 @@ def test_table_and_json_group_claims_by_task():
     assert tasks == {"entity_tracking": {"claims": ["f::z-et[m]"], "outcomes": {"PASS": 1}},
                      "ioi": {"claims": ["f::a-ioi[m]", "f::b-ioi[m]"], "outcomes": {"FAIL": 1, "PASS": 1}}}
     assert summary_lines(results[1:2], [])[0].startswith("claim")  # one task: the table as before
+
+
+def test_a_user_template_task_discovers_through_its_own_step_plan(ioi_model):
+    from mechtest.methods.discovery import discover_circuit
+
+    task = parse_tasks(TOML_TASK.format(name="gift-disc", names='["Mary", "John", "Tom", "Anna"]'), "x")[0]
+    register_task(task)
+    assert task.receivers == {"inhibitor": 1}  # default: the size of the group the receivers come from
+    found = discover_circuit(ioi_model, n_prompts=30, task="gift-disc", progress=False).circuit
+    truth = load_circuit(CIRCUITS / "ioi-planted.json")
+    assert found.task == "gift-disc"
+    assert found.heads("mover") == truth.heads("name_mover") and found.heads("inhibitor") == truth.heads("s_inhibition")

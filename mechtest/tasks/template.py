@@ -5,7 +5,7 @@ declares more in a ``*.task.toml`` file next to the claims, without touching the
 Torch-free: the declaration is checked when the file is read (collection); the prompts are built by
 :mod:`mechtest.tasks.template_data`. Rules map a slot (every occurrence) or one occurrence ``SLOT#k`` (the
 k-th ``{SLOT}`` of the template, from 1) to another slot's word or to ``"fresh"`` (a word of the slot's
-vocabulary used nowhere else in the prompt).
+vocabulary used nowhere else in the prompt). A named position ``SLOT`` is the slot's first occurrence.
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ class TemplateTask(Task):
         self.check()
         for g in self.groups:
             self.candidates.setdefault(g, 1)
+        for step in self.step_plan:  # receivers default to the size of the group they come from
+            if step.previous is not None:
+                self.receivers.setdefault(step.group, self.candidates[step.previous])
 
     def _occurrence(self, text, where: str) -> tuple[str, int]:
         if not isinstance(text, str):

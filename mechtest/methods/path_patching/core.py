@@ -80,7 +80,7 @@ def chain(score_step: Callable[[Step], StepResult], receivers: dict[str, int] | 
         if previous is not None:
             if previous not in result.steps:
                 raise MechtestError(f"path-patching step {group!r} needs the scores of step {previous!r}")
-            recv = tuple(result.steps[previous].top(k[group]))
+            recv = tuple(result.steps[previous].top(k.get(group, 1)))
         result.steps[group] = score_step(Step(group, position, recv, site))
     return result
 
