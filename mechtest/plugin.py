@@ -24,9 +24,9 @@ from mechtest.errors import ClaimError, MechtestError, TokenizerError
 from mechtest.metrics import get_metric
 from mechtest.model_registry import ModelSpec, parse_model_option, worker_device
 from mechtest.options import add_options
+from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 from mechtest.settings import Settings
 from mechtest.tasks.base import DEFAULT_TASK
-from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
 
 SESSION_KEY = pytest.StashKey[Mechtest]()
 LOG_KEY = pytest.StashKey[RunLog]()
