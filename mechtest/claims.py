@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from mechtest.decision import DEFAULT_MAX_PROMPTS, DEFAULT_RULE, MAX_PROMPTS, POLICIES, RULES
-from mechtest.errors import CircuitError, ClaimError
+from mechtest.errors import CircuitError, ClaimError, TaskError
 from mechtest.metrics import REGISTRY, Field
 from mechtest.spec import VERDICTS
+from mechtest.tasks.base import DEFAULT_TASK
+from mechtest.tasks.registry import get_task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,6 +51,8 @@ COMMON_FIELDS: dict[str, Field] = {
     "decide": Field("string", choices=RULES), "inconclusive": Field("string", choices=POLICIES),
     # prompts for circuit discovery (discovered:<model> circuits, verdicts), apart from the evaluation sample
     "discover_prompts": Field("int", minimum=1, maximum=MAX_PROMPTS),
+    # the task whose prompts the claim measures (mechtest.tasks.registry); absent: entity tracking
+    "task": Field("string"),
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -140,6 +144,11 @@ class Claim:
         spec = REGISTRY[self.metric].fields.get(key) if self.metric in REGISTRY else None
         return default if spec is None or spec.default is None else spec.default
 
+    @property
+    def task(self) -> str:
+        """The claim's task (``task = "..."``; entity tracking when absent)."""
+        return self.params.get("task", DEFAULT_TASK)
+
     def where(self) -> str:
         return f"{self.path}, claim {self.id!r}"
 
@@ -163,9 +172,10 @@ def load_claims(path: str | Path, *, rootdir: str | Path | None = None,
         raise ClaimError(f"{path}: not valid TOML: nested too deeply to parse") from None
     except OSError as e:
         raise ClaimError(f"{path}: cannot be read: {e.strerror or e}") from None
-    unknown_top = set(data) - {"claim"}
+    unknown_top = set(data) - {"claim", "task"}
     if unknown_top:
         raise ClaimError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; claims go in [[claim]] tables")
+    register_tasks(path, "task" in data)
     tables = data.get("claim", [])
     if not isinstance(tables, list):
         raise ClaimError(f"{path}: 'claim' must be an array of tables ([[claim]])")
@@ -226,11 +236,17 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
     except ValueError as e:
         fail("expect", str(e))
 
-    params = {k: v for k, v in table.items() if k not in COMMON_FIELDS or k == "discover_prompts"}
+    params = {k: v for k, v in table.items() if k not in COMMON_FIELDS or k in ("discover_prompts", "task")}
+    if "task" in table:
+        try:
+            get_task(table["task"])
+        except TaskError as e:
+            fail("task", str(e))
     for key, spec in metric.fields.items():
         if spec.kind == "circuit" and key in params:
             try:
-                params[key] = check_circuit_spec(params[key], path.parent, rootdir, circuit_dirs)
+                params[key] = check_circuit_spec(params[key], path.parent, rootdir, circuit_dirs,
+                                                 task=table.get("task", DEFAULT_TASK))
             except CircuitError as e:
                 fail(key, str(e))
     metric.check(params, tuple(models), fail)
@@ -243,8 +259,24 @@ def parse_claim(table: dict, path: Path, *, index: int = 0, rootdir: str | Path 
                  max_prompts=table.get("max_prompts", DEFAULT_MAX_PROMPTS))
 
 
+def register_tasks(path: Path, here: bool) -> None:
+    """Register the tasks a claim file may name: every ``*.task.toml`` of its folder and its own ``[[task]]``
+    tables (README, "Write a task"); a malformed task is a ClaimError naming the file."""
+    from mechtest.tasks.registry import register_task, register_task_file
+    from mechtest.tasks.template import parse_tasks
+
+    try:
+        for task_file in sorted(path.parent.glob("*.task.toml")):
+            register_task_file(task_file)
+        if here:
+            for task in parse_tasks(path.read_text(encoding="utf-8"), str(path), path.parent):
+                register_task(task)
+    except TaskError as e:
+        raise ClaimError(f"{path}: {e}") from None
+
+
 def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path | None = None,
-                       circuit_dirs: tuple[str | Path, ...] = ()) -> str:
+                       circuit_dirs: tuple[str | Path, ...] = (), task: str = DEFAULT_TASK) -> str:
     """Validate a circuit reference without loading a model; returns it with file paths made absolute.
 
     ``paper:llama|goat|float``, ``discovered:<model>``, or a JSON file (relative to the claim file, then the
@@ -257,6 +289,7 @@ def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path 
         if spec.split(":", 1)[1] not in PAPER_CIRCUITS:
             raise CircuitError(f"unknown paper circuit {spec!r}; use one of "
                                f"{', '.join('paper:' + p for p in PAPER_CIRCUITS)}")
+        load_circuit(spec).for_task(task)
         return spec
     if spec.startswith("discovered:"):
         if not spec.split(":", 1)[1]:
@@ -272,7 +305,7 @@ def check_circuit_spec(spec: str, here: Path | None = None, rootdir: str | Path 
                 raise CircuitError(
                     f"circuit file {spec!r} lies outside the rootdir and the claim file's folder; to read circuits "
                     "from elsewhere, list their folder in the ini option mechtest_circuit_dirs ('/' allows any)")
-            load_circuit(resolved)  # raises CircuitError on a malformed file
+            load_circuit(resolved).for_task(task)  # a malformed file or another task's circuit: CircuitError
             return str(resolved)
     raise CircuitError(f"unknown circuit {spec!r}: not paper:llama|goat|float, not discovered:<model>, and no "
                        f"such file (looked in {', '.join(str(c.parent) for c in candidates)})")

@@ -172,6 +172,18 @@ class ModelRegistry:
             self._refs[name] = self.settings.models[name].resolve()
         return self._refs[name]
 
+    def tokenizer(self, name: str):
+        """The model's tokenizer without loading its weights, or None where only loading tells which it is
+        (a GGUF or an adapter): the loaded model's when it is loaded."""
+        if name in self._loaded:
+            return self._loaded[name].tokenizer
+        ref = self.ref(name)
+        if ref.gguf_file or ref.base is not None or ref.path is None:
+            return None
+        from mechtest.checkpoint_config import load_tokenizer
+
+        return load_tokenizer(ref, ref.display)
+
     def n_boxes(self, name: str) -> int:
         """The box count a model is evaluated on: ``n_boxes`` of its ``mechtest.json``, else 7."""
         if name not in self.settings.models:

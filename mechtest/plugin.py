@@ -20,12 +20,13 @@ import pytest
 from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
 from mechtest.decision import MAX_PROMPTS
-from mechtest.errors import ClaimError, MechtestError
+from mechtest.errors import ClaimError, MechtestError, TokenizerError
 from mechtest.metrics import get_metric
 from mechtest.model_registry import ModelSpec, parse_model_option, worker_device
 from mechtest.options import add_options
-from mechtest.settings import Settings
 from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
+from mechtest.settings import Settings
+from mechtest.tasks.base import DEFAULT_TASK
 
 SESSION_KEY = pytest.StashKey[Mechtest]()
 LOG_KEY = pytest.StashKey[RunLog]()
@@ -174,12 +175,27 @@ class ClaimFile(pytest.File):
         except Exception as e:  # noqa: BLE001  (any cause becomes one collection error naming the file)
             raise ClaimError(f"{self.path}: cannot be read as a claim file: {type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from None
+        self._check_vocabularies(claims)
         for claim in claims:
             pattern = re.compile(rf"""^\s*id\s*=\s*["']{re.escape(claim.id)}["']""")
             lineno = next((i for i, line in enumerate(lines) if pattern.match(line)), 0)
             for model in claim.models:
                 yield ClaimItem.from_parent(self, name=f"{claim.id}[{model}]", claim=claim, model_name=model,
                                             lineno=lineno)
+
+    def _check_vocabularies(self, claims) -> None:
+        """A task word that is not one known token for a configured model fails collection (naming the task,
+        slot and word); a model whose tokenizer cannot be read here is left to the run to report."""
+        api = self.config.stash[SESSION_KEY]
+        for claim in claims:
+            for model in claim.models if claim.task != DEFAULT_TASK else ():
+                try:
+                    if api.is_configured(model):
+                        api.check_vocabulary(claim.task, model)
+                except TokenizerError as e:
+                    raise ClaimError(f"{claim.where()}: field 'task': on model {model!r}: {e}") from None
+                except MechtestError:
+                    continue
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ClaimError):

@@ -33,6 +33,10 @@ def claim_key(claim, model_name: str, *, fingerprints: dict[str, str], settings:
         "n_boxes": claim.n_boxes, "decide": claim.decide, "max_prompts": claim.max_prompts, "model": model_name,
         "fingerprints": fingerprints, "files": files, "settings": settings,
     }
+    if "task" in claim.params:  # a task's definition changes its prompts: key on it (absent: entity tracking)
+        from mechtest.tasks.registry import get_task
+
+        payload["task"] = get_task(claim.params["task"]).identity()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 

@@ -15,6 +15,7 @@ from mechtest.errors import MechtestError
 from mechtest.metrics import Outcome, get_metric
 from mechtest.report.result import ClaimResult, safe_name
 from mechtest.result_cache import ResultCache, claim_key
+from mechtest.tasks.registry import get_task
 
 
 def run_claim(service, claim: Claim, model_name: str, nodeid: str = "") -> tuple[ClaimResult, BaseException | None]:
@@ -32,7 +33,7 @@ def run_claim(service, claim: Claim, model_name: str, nodeid: str = "") -> tuple
     level = look_level(len(sizes))
     result = ClaimResult(id=claim.id, model=model_name, metric=claim.metric, value=None, ci_low=None,
                          ci_high=None, expect=str(claim.expect), passed=False, nodeid=nodeid, n_prompts=sizes[0],
-                         seed=seed, n_boxes=claim.n_boxes, decide=claim.decide)
+                         seed=seed, n_boxes=claim.n_boxes, decide=claim.decide, task=claim.task)
     circuit, raised = None, None
     key = cache_key(service, claim, metric, model_name)
     cached = ResultCache(service.settings.cache_dir).get(key, claim_id=claim.id, model=model_name) if key else None
@@ -45,7 +46,8 @@ def run_claim(service, claim: Claim, model_name: str, nodeid: str = "") -> tuple
             if not isinstance(outcome, Outcome):
                 raise MechtestError(f"metric {claim.metric!r}: measure() returned {type(outcome).__name__}, not "
                                     "an Outcome (return Outcome(value, measurement))")
-            result, circuit = _decided(result, claim, outcome, n, n_boxes, level), outcome.circuit
+            boxes = n_boxes if get_task(claim.task).uses_boxes else None  # reported only where they shape prompts
+            result, circuit = _decided(result, claim, outcome, n, boxes, level), outcome.circuit
             if result.outcome != INCONCLUSIVE:
                 break
     except MechtestError as e:
@@ -67,7 +69,7 @@ def _finished(service, claim: Claim, model_name: str, result: ClaimResult, circu
     if service.settings.report_dir is None or not (get_metric(claim.metric).always_draws_heatmap or not result.passed):
         return result
     if circuit is None and claim.get("circuit") and not claim.get("circuit").startswith("discovered:"):
-        circuit = service.circuit(claim.get("circuit"))
+        circuit = service.circuit(claim.get("circuit"), task=claim.task)
     return replace(result, heatmap=_heatmap(service, claim, model_name, circuit, result))
 
 
@@ -78,7 +80,7 @@ def _heatmap(service, claim: Claim, model_name: str, circuit, result: ClaimResul
     n, seed = result.n_prompts, result.seed
     try:
         scores = service.path_patching(model_name, n=n, seed=seed, n_boxes=result.n_boxes,
-                                       receivers=claim.get("receivers"))
+                                       receivers=claim.get("receivers"), task=claim.task)
         path = service.settings.report_dir / f"{safe_name(claim.id)}[{safe_name(model_name)}].png"
         return str(heatmap({g: s.scores.numpy() for g, s in scores.steps.items()}, path, circuit=circuit,
                            title=f"{claim.id} on {model_name}: path-patching scores (n={n}, seed={seed})"))
@@ -103,7 +105,7 @@ def cache_key(service, claim: Claim, metric, model_name: str) -> str | None:
                                "inconclusive": s.inconclusive, **extra})
 
 
-def _decided(result: ClaimResult, claim: Claim, outcome, n: int, n_boxes: int, level: float) -> ClaimResult:
+def _decided(result: ClaimResult, claim: Claim, outcome, n: int, n_boxes: int | None, level: float) -> ClaimResult:
     """The result of one look: the measurement at the look's confidence level, decided."""
     m = outcome.measurement
     if m is not None:

@@ -8,6 +8,7 @@ share one computation.
 from __future__ import annotations
 
 from mechtest.spec import derived_seed
+from mechtest.tasks.base import DEFAULT_TASK
 
 
 def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 0, cache=None, triage: bool = False,
@@ -20,10 +21,12 @@ def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 
     """
     from mechtest.methods.path_patching import StepResult, chain, path_patching
     from mechtest.methods.path_patching import triage as triage_path_patching
-    from mechtest.tasks.entity_tracking import path_patching_corruption
+    from mechtest.tasks.registry import task_of
+
+    task = task_of(base)
 
     def run():
-        corrupt = path_patching_corruption(base, model.tokenizer, seed=derived_seed(seed, "corruption"))
+        corrupt = task.corruption(base, model.tokenizer, seed=derived_seed(seed, "corruption"))
         if triage:
             result = triage_path_patching(model, base, corrupt, receivers=receivers, sizes=sizes, seed=seed,
                                           batch_size=batch_size, progress=progress).result
@@ -38,9 +41,11 @@ def cached_path_patching(model, base, receivers: dict[str, int], *, seed: int = 
         scores = run()
     else:
         extra = {"receivers": receivers, "seed": seed, **({"triage": True, "sizes": sizes} if triage else {})}
+        if task.name != DEFAULT_TASK:  # the same tokens may be another task's prompts, corrupted otherwise
+            extra["task"] = task.identity()
         key = cache.key(fingerprint=model.fingerprint, inputs=base.input_ids, site="path_patching",
                         dtype=model.dtype, extra=extra)
         scores = cache.get_or_compute(key, run)
     return chain(lambda step: StepResult(step, scores[step.group], len(base), seed,
                                          verified=scores.get(f"{step.group}/verified")),
-                 receivers, [g for g in scores if "/" not in g])
+                 receivers, [g for g in scores if "/" not in g], task.plan)

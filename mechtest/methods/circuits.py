@@ -1,8 +1,9 @@
 """Circuits: groups of (layer, head) nodes, in the paper's JSON format (``{group: [[layer, head], ...]}``).
 
-A node is a head acting at its group's position class (spec 0.2): value fetcher and position transmitter
-at the last token, position detector at the query label, structure reader at the context occurrence of
-the query label. The same head may sit in several groups. A circuit read from a file, a dict, the API or a
+A node is a head acting at its group's position class (spec 0.2): for entity tracking, value fetcher and
+position transmitter at the last token, position detector at the query label, structure reader at the
+context occurrence of the query label; another task names its own groups and positions, and a circuit file
+records its task under ``"task"`` (absent: entity tracking). The same head may sit in several groups. A circuit read from a file, a dict, the API or a
 discovery must hold at least one head: an empty one measures 0 and passes every ``<=`` claim, testing nothing.
 """
 
@@ -15,11 +16,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from mechtest.errors import CircuitError
-from mechtest.spec import GROUP_POSITION, GROUPS
+from mechtest.errors import CircuitError, TaskError
+from mechtest.spec import GROUP_POSITION, GROUPS  # noqa: F401  (entity tracking's, re-exported)
+from mechtest.tasks.base import DEFAULT_TASK
+from mechtest.tasks.registry import get_task
 
 PAPER_CIRCUITS = ("llama", "goat", "float")
 SHAPE_KEY = "found_on"  # {"n_layers": L, "n_heads": H, "model_type": "llama"}: where the circuit was found
+TASK_KEY = "task"  # the task the circuit was found on; absent: entity tracking
 
 Head = tuple[int, int]
 
@@ -32,6 +36,12 @@ class Circuit:
     name: str = ""
     # the (layers, heads, model type) of the model it was found on; None: unknown, checked by index only
     found_on: tuple[int, int, str] | None = None
+    task: str = DEFAULT_TASK
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The circuit's task's groups, in discovery order."""
+        return get_task(self.task).groups
 
     @classmethod
     def from_dict(cls, data: Mapping, name: str = "") -> Circuit:
@@ -49,12 +59,18 @@ class Circuit:
                 raise CircuitError(f"circuit {name!r}: {SHAPE_KEY!r} must be {{\"n_layers\": L, \"n_heads\": H, "
                                    f"\"model_type\": T}}, not {_kind(shape)}") from None
             data = {k: v for k, v in data.items() if k != SHAPE_KEY}
-        unknown = set(data) - set(GROUPS)
+        task = data.get(TASK_KEY, DEFAULT_TASK)
+        try:
+            names = get_task(task if isinstance(task, str) else "").groups
+        except TaskError:
+            raise CircuitError(f"circuit {name!r}: {TASK_KEY!r} names no registered task") from None
+        data = {k: v for k, v in data.items() if k != TASK_KEY}
+        unknown = set(data) - set(names)
         if unknown:
-            raise CircuitError(f"circuit {name!r}: {len(unknown)} unknown group(s) (names not shown); groups are "
-                               f"{', '.join(GROUPS)}")
+            raise CircuitError(f"circuit {name!r}: {len(unknown)} unknown group(s) (names not shown); groups of "
+                               f"task {task!r} are {', '.join(names)}")
         groups = {}
-        for group in GROUPS:
+        for group in names:
             nodes = data.get(group, [])
             if not isinstance(nodes, (list, tuple)):
                 raise CircuitError(f"circuit {name!r}, group {group!r}: {_kind(nodes)}, not a list of [layer, head]")
@@ -66,7 +82,7 @@ class Circuit:
                                        "[layer, head]")
                 heads.append((int(node[0]), int(node[1])))
             groups[group] = tuple(heads)
-        return cls(groups, name, found_on).require_heads()
+        return cls(groups, name, found_on, task).require_heads()
 
     def require_heads(self, why: str = "") -> Circuit:
         """The circuit itself, or a CircuitError when no group holds a head (``why`` says how it came to be)."""
@@ -76,7 +92,9 @@ class Circuit:
         return self
 
     def to_dict(self) -> dict:
-        data: dict = {g: [list(h) for h in self.groups.get(g, ())] for g in GROUPS}
+        data: dict = {g: [list(h) for h in self.groups.get(g, ())] for g in self.group_names}
+        if self.task != DEFAULT_TASK:
+            data[TASK_KEY] = self.task
         if self.found_on is not None:
             data[SHAPE_KEY] = {"n_layers": self.found_on[0], "n_heads": self.found_on[1],
                                "model_type": self.found_on[2]}
@@ -84,11 +102,18 @@ class Circuit:
 
     def found_in(self, model) -> Circuit:
         """The same circuit, recording ``model``'s shape as where it was found."""
-        return Circuit(self.groups, self.name, (model.n_layers, model.n_heads, model.arch.name))
+        return Circuit(self.groups, self.name, (model.n_layers, model.n_heads, model.arch.name), self.task)
 
     def any_shape(self) -> Circuit:
         """The same circuit without its recorded shape: applied to any model by index (a deliberate choice)."""
-        return Circuit(self.groups, self.name)
+        return Circuit(self.groups, self.name, task=self.task)
+
+    def for_task(self, task: str) -> Circuit:
+        """The circuit itself, or a CircuitError when it was found on another task than ``task``."""
+        if self.task != task:
+            raise CircuitError(f"circuit {self.name!r} was found on task {self.task!r}; it cannot be applied to a "
+                               f"claim of task {task!r} (its groups act at that task's positions)")
+        return self
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()) + "\n")
@@ -98,23 +123,24 @@ class Circuit:
 
     @property
     def nodes(self) -> list[tuple[str, int, int]]:
-        return [(g, l, h) for g in GROUPS for l, h in self.heads(g)]
+        return [(g, l, h) for g in self.group_names for l, h in self.heads(g)]
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {g: len(self.heads(g)) for g in GROUPS}
+        return {g: len(self.heads(g)) for g in self.group_names}
 
     def __len__(self) -> int:
         return len(self.nodes)
 
     def at_position(self, position: str) -> set[Head]:
-        """Heads kept at a position class ("last", "query_label", "query_context")."""
-        return {h for g in GROUPS if GROUP_POSITION[g] == position for h in self.heads(g)}
+        """Heads kept at a position class of the circuit's task ("last", "query_label", ...)."""
+        where = get_task(self.task).group_position
+        return {h for g in self.group_names if where[g] == position for h in self.heads(g)}
 
     def without(self, nodes: Iterable[tuple[str, int, int]]) -> Circuit:
         drop = set(nodes)
-        return Circuit({g: tuple(h for h in self.heads(g) if (g, *h) not in drop) for g in GROUPS},
-                       self.name, self.found_on)
+        return Circuit({g: tuple(h for h in self.heads(g) if (g, *h) not in drop) for g in self.group_names},
+                       self.name, self.found_on, self.task)
 
     def check(self, model) -> None:
         """Raise a clear error if the circuit was found on another shape, or a node is outside the model."""
@@ -183,25 +209,29 @@ def random_circuit(like: Circuit, n_layers: int, n_heads: int, seed: int = 0) ->
     rng = random.Random(seed)
     total = n_layers * n_heads
     groups = {}
-    for g in GROUPS:
+    for g in like.group_names:
         k = len(like.heads(g))
         if k > total:
             raise CircuitError(f"group {g!r} has {k} heads, more than the model's {total}")
         groups[g] = tuple(divmod(i, n_heads) for i in sorted(rng.sample(range(total), k)))
-    return Circuit(groups, f"random({like.name}, seed={seed})", like.found_on)
+    return Circuit(groups, f"random({like.name}, seed={seed})", like.found_on, like.task)
 
 
-def candidate_circuit(scores: Mapping[str, object], sizes: Mapping[str, int]) -> Circuit:
-    """Spec 4.5: top-k heads of each step's score matrix; a head in both top-VF and top-PT stays PT only.
+def candidate_circuit(scores: Mapping[str, object], sizes: Mapping[str, int], task: str = DEFAULT_TASK) -> Circuit:
+    """Spec 4.5: top-k heads of each step's score matrix; a head in the top-k of two chained steps at one
+    position (entity tracking: value fetcher and position transmitter) stays in the later step's group only.
 
     ``scores`` maps group -> a path-patching ``StepResult``; ``sizes`` group -> k. Only heads with a negative
     score (patching them lowers the answer's probability) are candidates: when no head has any effect (e.g.
     every receiver sits in layer 0, so no sender is below it) the group stays empty instead of being filled
     by head order with heads that mean nothing.
     """
+    spec = get_task(task)
     groups = {g: tuple(h for h in scores[g].top(sizes[g]) if float(scores[g].scores[h]) < 0)
-              for g in GROUPS if g in scores and sizes.get(g)}
-    if "value_fetcher" in groups and "pos_transmitter" in groups:
-        pt = set(groups["pos_transmitter"])
-        groups["value_fetcher"] = tuple(h for h in groups["value_fetcher"] if h not in pt)
-    return Circuit({g: groups.get(g, ()) for g in GROUPS}, "candidate")
+              for g in spec.groups if g in scores and sizes.get(g)}
+    where = spec.group_position
+    for step in spec.step_plan:
+        if step.previous in groups and step.group in groups and where[step.previous] == step.position:
+            later = set(groups[step.group])
+            groups[step.previous] = tuple(h for h in groups[step.previous] if h not in later)
+    return Circuit({g: groups.get(g, ()) for g in spec.groups}, "candidate", task=task)

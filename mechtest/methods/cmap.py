@@ -23,7 +23,7 @@ import torch
 from mechtest.errors import CircuitError, MechtestError
 from mechtest.forward import dataset_logits
 from mechtest.heads import attention_module, hooked, masked_replace, run_and_read
-from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
+from mechtest.methods.circuits import Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
 from mechtest.measure import Measurement, proportion
 
@@ -105,8 +105,8 @@ def _nodes(model, circuit, group) -> list[tuple[str, int, int]] | None:
     circuit = load_circuit(circuit)
     circuit.check(model)
     if group is not None:
-        if group not in GROUPS:
-            raise CircuitError(f"unknown group {group!r}; groups are {', '.join(GROUPS)}")
+        if group not in circuit.group_names:
+            raise CircuitError(f"unknown group {group!r}; groups are {', '.join(circuit.group_names)}")
         nodes = [n for n in circuit.nodes if n[0] == group]
     else:
         nodes = circuit.nodes

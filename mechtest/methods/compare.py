@@ -37,11 +37,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from mechtest.decision import FAIL, INCONCLUSIVE, PASS, decide_interval, prompts_to_clear
+from mechtest.decision import FAIL, INCONCLUSIVE, decide_interval, prompts_to_clear
 from mechtest.measure import LEVEL, Measurement, bootstrap_ci, difference, proportion, ratio, wilson_ci
 from mechtest.methods.circuits import Circuit
 from mechtest.methods.cmap import check_compatible, cmap_correct
-from mechtest.spec import GROUPS, VERDICTS, derived_seed  # noqa: F401  (VERDICTS: re-exported)
+from mechtest.spec import VERDICTS, derived_seed  # noqa: F401  (VERDICTS: re-exported)
+from mechtest.tasks.base import DEFAULT_TASK
+from mechtest.tasks.registry import get_task
 
 
 
@@ -106,6 +108,7 @@ class Comparison:
     reason: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
     receivers: dict[str, int] = field(default_factory=dict)
+    task: str = DEFAULT_TASK
 
     @property
     def preserved(self) -> bool:
@@ -125,7 +128,8 @@ class Comparison:
         lines.append(f"  CMAP (candidate's base-circuit heads into the base): {self.cmap_accuracy.value:.3f}, gain "
                      f"{self.cmap_gain.value:+.3f} [{self.cmap_gain.ci_low:+.3f}, {self.cmap_gain.ci_high:+.3f}]")
         if self.overlap:
-            lines.append(f"  supporting only: own discoveries' value_fetcher overlap {_fmt(self.overlap['value_fetcher'])}"
+            first = get_task(self.task).groups[0]
+            lines.append(f"  supporting only: own discoveries' {first} overlap {_fmt(self.overlap[first])}"
                          f"; path-patching profile correlation {_fmt(self.profile_correlation)} "
                          f"(within layers; relabelling p = {_fmt(self.profile_p_value)})")
         return "\n".join(lines)
@@ -155,7 +159,7 @@ class Comparison:
 def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: int = 0,
             n_discovery_prompts: int | None = None, thresholds: Thresholds = Thresholds(), batch_size: int = 50,
             base_discovery=None, candidate_discovery=None, base_circuit: Circuit | None = None, cache=None,
-            progress: bool = True) -> Comparison:
+            progress: bool = True, task: str = DEFAULT_TASK) -> Comparison:
     """Compare ``candidate`` with ``base`` on the same prompts and give a verdict on the paper's evidence.
 
     Circuits are discovered in each model on ``n_discovery_prompts`` prompts (seed ``seed``), unless
@@ -168,22 +172,21 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     from mechtest.methods.discovery import discover_circuit
     from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
     from mechtest.methods.fetcher_share import fetcher_share
-    from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
-
+    spec = get_task(task)
     check_compatible(base, candidate)
     n_disc = n_prompts if n_discovery_prompts is None else n_discovery_prompts
     disc_base = disc_cand = None
     if base_circuit is None:
         disc_base = base_discovery or discover_circuit(base, n_prompts=n_disc, n_boxes=n_boxes, seed=seed,
-                                                       progress=progress, cache=cache)
+                                                       progress=progress, cache=cache, task=task)
         disc_cand = candidate_discovery or (disc_base if candidate is base else discover_circuit(
-            candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, progress=progress, cache=cache))
+            candidate, n_prompts=n_disc, n_boxes=n_boxes, seed=seed, progress=progress, cache=cache, task=task))
     else:
         base_circuit.check(base)
-    circuit = base_circuit if base_circuit is not None else disc_base.circuit
+    circuit = (base_circuit if base_circuit is not None else disc_base.circuit).for_task(spec.name)
 
-    data = make_dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
-    reference = mean_ablation_set(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
+    data = spec.dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
+    reference = spec.reference(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
     base_hits = _hits(base, data, cache, {}, lambda: correct(base, data, batch_size=batch_size))
     cand_hits = _hits(candidate, data, cache, {}, lambda: correct(candidate, data, batch_size=batch_size))
 
@@ -201,7 +204,7 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress)
     gain = difference("accuracy_difference", cand_hits, base_hits, seed=seed)
     explained = cmap_explained(base_hits, cand_hits, cmap_hits, seed=seed) if gain.ci_low > 0 else None
-    share = fetcher_share(candidate, data, circuit.heads("value_fetcher"), seed=derived_seed(seed, "evaluation_corruption"),
+    share = fetcher_share(candidate, data, circuit.heads(spec.groups[0]), seed=derived_seed(seed, "evaluation_corruption"),
                           batch_size=batch_size,
                           progress=progress)
     r, p = (float("nan"), float("nan")) if disc_base is None else \
@@ -214,12 +217,12 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         candidate_circuit=None if disc_cand is None else disc_cand.circuit,
         base_faithfulness=faithful(base, base_hits), faithfulness=faithful(candidate, cand_hits),
         fetcher_share=share,
-        overlap={} if disc_cand is None else {g: _overlap(g, circuit, disc_cand.circuit) for g in GROUPS},
+        overlap={} if disc_cand is None else {g: _overlap(g, circuit, disc_cand.circuit) for g in spec.groups},
         cmap_accuracy=proportion("cmap_accuracy", cmap_hits, seed=seed, donor=candidate.name, model=base.name),
         cmap_gain=difference("cmap_gain", cmap_hits, base_hits, seed=seed), cmap_explained=explained,
         profile_correlation=r, profile_p_value=p, thresholds=thresholds, recorded_circuit=disc_base is None,
         sizes={} if disc_base is None else dict(disc_base.sizes),
-        receivers={} if disc_base is None else dict(disc_base.receivers))
+        receivers={} if disc_base is None else dict(disc_base.receivers), task=spec.name)
     return judge(measured, thresholds)
 
 
@@ -280,7 +283,9 @@ def judge(c: Comparison, t: Thresholds) -> Comparison:
         checks.append(Check("base circuit faithful in candidate", 0.0, None, None, t.faithfulness, FAIL))
     else:
         checks.append(_check("base circuit faithful in candidate", c.faithfulness, t.faithfulness))
-    checks.append(_check("base value fetchers' share in candidate", c.fetcher_share, t.fetcher_share))
+    spec = get_task(c.task)
+    first = "value fetchers'" if spec.name == DEFAULT_TASK else f"{spec.groups[0]} heads'"
+    checks.append(_check(f"base {first} share in candidate", c.fetcher_share, t.fetcher_share))
     if c.cmap_explained is not None:
         checks.append(_check("accuracy gain explained by CMAP", c.cmap_explained, t.cmap_explained))
     else:
@@ -292,7 +297,7 @@ def judge(c: Comparison, t: Thresholds) -> Comparison:
                             "recorded base circuit: the base was not path-patched, so neither own discoveries nor "
                             "path-patching profiles are compared"))
     checks.append(_check("accuracy vs base (non-inferiority)", c.accuracy_difference, -t.accuracy_margin))
-    checks.append(_check("candidate accuracy", c.candidate_accuracy, 1 / c.n_boxes + t.accuracy_over_chance))
+    checks.append(_check("candidate accuracy", c.candidate_accuracy, spec.chance(c.n_boxes) + t.accuracy_over_chance))
     outcomes = [k.outcome for k in checks]
     if FAIL in outcomes:
         verdict = "not preserved"
@@ -310,7 +315,7 @@ def judge(c: Comparison, t: Thresholds) -> Comparison:
 def profile_evidence(base_scores, cand_scores, permutations: int, seed: int) -> tuple[float, float]:
     """Within-layer correlation of the two models' path-patching scores (all steps), and its p-value under
     random renaming of the candidate's heads within each layer (the same renaming in every step)."""
-    groups = [g for g in GROUPS if g in base_scores.steps and g in cand_scores.steps]
+    groups = [g for g in base_scores.steps if g in cand_scores.steps]
     if not groups:
         return float("nan"), float("nan")
     x = torch.stack([base_scores.steps[g].scores.double() for g in groups])  # (steps, layers, heads)
@@ -351,7 +356,7 @@ def _overlap(group: str, base: Circuit, candidate: Circuit) -> float:
 
 
 def _heads(circuit: Circuit) -> str:
-    return ", ".join(f"{g} {list(map(list, circuit.heads(g)))}" for g in GROUPS if circuit.heads(g))
+    return ", ".join(f"{g} {list(map(list, circuit.heads(g)))}" for g in circuit.group_names if circuit.heads(g))
 
 
 def _fmt(value: float) -> str:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from mechtest.methods.circuits import Circuit, candidate_circuit
 from mechtest.methods.path_patching import PathPatchingResult
-from mechtest.spec import PAPER_CANDIDATES, PAPER_RECEIVERS, derived_seed, scaled
+from mechtest.spec import PAPER_CANDIDATES, PAPER_RECEIVERS, derived_seed, scaled  # noqa: F401  (re-exported)
+from mechtest.tasks.base import DEFAULT_TASK
+from mechtest.tasks.base import scaled as scaled_for
+from mechtest.tasks.registry import get_task
 
 # scores(model, base prompts, receivers, *, seed) -> the four steps' scores of every head
 Scores = Callable[..., PathPatchingResult]
@@ -36,22 +39,25 @@ class Discovery:
     minimality: dict | None = None
 
 
-def default_sizes(model, sizes: dict[str, int] | None = None) -> dict[str, int]:
-    """The paper's candidate counts scaled to ``model``'s head count, overridden by ``sizes``."""
-    return {**scaled(PAPER_CANDIDATES, model.n_layers * model.n_heads), **(sizes or {})}
+def default_sizes(model, sizes: dict[str, int] | None = None, task: str = DEFAULT_TASK) -> dict[str, int]:
+    """The task's candidate counts (the paper's for entity tracking) scaled to ``model``'s head count,
+    overridden by ``sizes``."""
+    spec = get_task(task)
+    return {**scaled_for(spec.candidates, model.n_layers * model.n_heads, spec.reference_heads), **(sizes or {})}
 
 
-def default_receivers(model, receivers: dict[str, int] | None = None) -> dict[str, int]:
-    """The paper's receiver counts scaled to ``model``'s head count, overridden by ``receivers``."""
-    return {**scaled(PAPER_RECEIVERS, model.n_layers * model.n_heads), **(receivers or {})}
+def default_receivers(model, receivers: dict[str, int] | None = None, task: str = DEFAULT_TASK) -> dict[str, int]:
+    """The task's receiver counts scaled to ``model``'s head count, overridden by ``receivers``."""
+    spec = get_task(task)
+    return {**scaled_for(spec.receivers, model.n_layers * model.n_heads, spec.reference_heads), **(receivers or {})}
 
 
 def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int = 0,
                      sizes: dict[str, int] | None = None, receivers: dict[str, int] | None = None,
                      minimal: bool = False, threshold: float = 0.01, batch_size: int = 100,
                      progress: bool = True, cache=None, triage: bool | None = None, scores: Scores | None = None,
-                     ) -> Discovery:
-    """Find the entity-tracking circuit of ``model`` from scratch, with the paper's procedure.
+                     task: str = DEFAULT_TASK) -> Discovery:
+    """Find ``task``'s circuit (default: entity tracking) in ``model`` from scratch, with the paper's procedure.
 
     ``scores`` computes the path-patching scores; by default :func:`mechtest.methods.cached.cached_path_patching`
     (through ``cache`` when one is given): exact for every head, or with ``triage=True`` by attribution first and
@@ -61,10 +67,9 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
     from mechtest.forward import check_fits
     from mechtest.methods.cached import cached_path_patching
     from mechtest.methods.evaluation import minimality
-    from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
-
-    sizes, receivers = default_sizes(model, sizes), default_receivers(model, receivers)
-    base = make_dataset(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed)
+    spec = get_task(task)
+    sizes, receivers = default_sizes(model, sizes, task), default_receivers(model, receivers, task)
+    base = spec.dataset(model.tokenizer, n_prompts, n_boxes=n_boxes, seed=seed)
     check_fits(model, base)
     if triage is None:
         triage = triage_by_default(model)
@@ -73,13 +78,14 @@ def discover_circuit(model, *, n_prompts: int = 300, n_boxes: int = 7, seed: int
             return cached_path_patching(model, base, receivers, seed=seed, cache=cache, triage=triage, sizes=sizes,
                                         batch_size=batch_size, progress=progress)
     found = scores(model, base, receivers, seed=seed)
-    circuit = Circuit(candidate_circuit(found.steps, sizes).groups, f"discovered:{model.name}").found_in(model)
+    circuit = Circuit(candidate_circuit(found.steps, sizes, spec.name).groups, f"discovered:{model.name}",
+                      task=spec.name).found_in(model)
     report = None
     if minimal:
-        reference = mean_ablation_set(model.tokenizer, n_prompts, n_boxes=n_boxes,
-                                      seed=derived_seed(seed, "minimality_reference"))
+        reference = spec.reference(model.tokenizer, n_prompts, n_boxes=n_boxes,
+                                   seed=derived_seed(seed, "minimality_reference"))
         circuit, report = minimality(model, circuit, base, reference, threshold=threshold, cache=cache)
-        circuit = Circuit(circuit.groups, f"discovered:{model.name}").found_in(model)
+        circuit = Circuit(circuit.groups, f"discovered:{model.name}", task=spec.name).found_in(model)
     return Discovery(circuit, found, sizes, receivers, n_prompts, seed, report)
 
 

@@ -17,10 +17,12 @@ import torch
 from mechtest.errors import MechtestError
 from mechtest.forward import dataset_logits
 from mechtest.heads import masked_replace, run_and_read
-from mechtest.methods.circuits import GROUP_POSITION, GROUPS, Circuit, random_circuit
 from mechtest.measure import Measurement, proportion, ratio, statistic
+from mechtest.methods.circuits import Circuit, random_circuit
+from mechtest.tasks.registry import task_of
 
 Node = tuple[str, int, int]
+ENTITY_TRACKING_PRUNING = ("struct_reader", "pos_transmitter", "pos_detector", "value_fetcher")
 
 
 def correct(model, dataset, *, batch_size: int = 50, edits_for_batch=None, progress: str | None = None) -> np.ndarray:
@@ -61,8 +63,11 @@ def ablation_means(model, reference, *, batch_size: int = 50, cache=None) -> tor
 
 
 def node_positions(dataset, group: str) -> torch.Tensor:
-    return {"last": dataset.last_pos, "query_label": dataset.query_label_pos,
-            "query_context": dataset.query_context_pos}[GROUP_POSITION[group]]
+    """Where a node of ``group`` acts in every row: its group's position class in the prompts' task."""
+    task = task_of(dataset)
+    if group not in task.group_position:
+        raise MechtestError(f"group {group!r} is not a group of task {task.name!r} ({', '.join(task.groups)})")
+    return task.position(dataset, task.group_position[group])
 
 
 def ablation_edits(model, dataset, means: torch.Tensor, *, keep: Circuit | None = None,
@@ -76,6 +81,7 @@ def ablation_edits(model, dataset, means: torch.Tensor, *, keep: Circuit | None 
     nodes = keep.nodes if keep is not None else list(ablate)
     if keep is not None:
         keep.check(model)
+        keep.for_task(task_of(dataset).name)
 
     def for_batch(sl: slice):
         b = len(range(*sl.indices(len(dataset))))
@@ -131,7 +137,7 @@ def completeness(model, circuit: Circuit, dataset, reference, *, mode: str = "ra
     if mode == "random":
         subsets = [[n for n in circuit.nodes if rng.random() < 0.5] for _ in range(n_draws)]
     elif mode == "group":
-        subsets = [[n for n in circuit.nodes if n[0] == g] for g in GROUPS if circuit.heads(g)]
+        subsets = [[n for n in circuit.nodes if n[0] == g] for g in circuit.group_names if circuit.heads(g)]
     else:
         raise MechtestError(f"unknown completeness mode {mode!r}; use 'random' or 'group'")
     circ, full = [], []
@@ -153,13 +159,14 @@ def completeness(model, circuit: Circuit, dataset, reference, *, mode: str = "ra
 
 def minimality(model, circuit: Circuit, dataset, reference, *, threshold: float = 0.01,
                partner_fraction: float = 0.3, batch_size: int = 100, cache=None,
-               groups: Sequence[str] = ("struct_reader", "pos_transmitter", "pos_detector", "value_fetcher"),
-               ) -> tuple[Circuit, dict[Node, dict]]:
+               groups: Sequence[str] | None = None) -> tuple[Circuit, dict[Node, dict]]:
     """Prune nodes whose removal does not hurt (spec 5.4), scoring each group against the full candidate.
 
     For each node v: pair drops F(C \\ {v, u}) rank partners u by F(C\\{u}) - F(C\\{v,u}); the partner set K_v
     is the first ceil(fraction * group size) with positive value; keep v iff F(C\\K_v) / F(C\\(K_v+v)) - 1 >=
-    threshold. Equality is by value (spec Q5) and a zero denominator counts as essential (Q6).
+    threshold. Equality is by value (spec Q5) and a zero denominator counts as essential (Q6). Groups are
+    pruned in ``ENTITY_TRACKING_PRUNING``'s order for entity tracking, in reverse discovery order for another
+    task, unless ``groups`` says otherwise.
     """
     means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
     memo: dict[frozenset, float] = {}
@@ -173,6 +180,8 @@ def minimality(model, circuit: Circuit, dataset, reference, *, threshold: float 
 
     kept = circuit
     report: dict[Node, dict] = {}
+    if groups is None:  # entity tracking keeps its recorded order
+        groups = ENTITY_TRACKING_PRUNING if circuit.task == "entity_tracking" else tuple(reversed(circuit.group_names))
     for g in groups:
         members = [n for n in circuit.nodes if n[0] == g]
         n_partners = math.ceil(partner_fraction * len(members))

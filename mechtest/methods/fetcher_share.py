@@ -26,9 +26,9 @@ import numpy as np
 
 from mechtest.errors import CircuitError
 from mechtest.measure import Measurement, statistic
-from mechtest.spec import STEP_PLAN
+from mechtest.tasks.registry import task_of
 
-GROUP = "value_fetcher"
+GROUP = "value_fetcher"  # entity tracking's first step; another task's is its plan's first group
 
 
 def fetcher_share(model, data, heads: Sequence[tuple[int, int]], *, seed: int = 0, batch_size: int = 50,
@@ -39,15 +39,14 @@ def fetcher_share(model, data, heads: Sequence[tuple[int, int]], *, seed: int = 
 
     from mechtest.forward import dataset_logits
     from mechtest.methods.path_patching import Step, prompt_scores
-    from mechtest.tasks.entity_tracking import path_patching_corruption
-
+    task = task_of(data)
+    plan = task.step_plan[0]  # the step whose senders read the logits directly
     heads = [tuple(h) for h in heads]
     if not heads:
-        raise CircuitError("the base circuit has no value fetcher to look for in the candidate")
-    plan = next(p for p in STEP_PLAN if p.group == GROUP)
-    corrupt = path_patching_corruption(data, model.tokenizer, seed=seed)
+        raise CircuitError(f"the base circuit has no {plan.group} head to look for in the candidate")
+    corrupt = task.corruption(data, model.tokenizer, seed=seed)
     senders = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
-    per_prompt = prompt_scores(model, data, corrupt, Step(GROUP, plan.position), seed=seed, batch_size=batch_size,
+    per_prompt = prompt_scores(model, data, corrupt, Step(plan.group, plan.position), seed=seed, batch_size=batch_size,
                                senders=senders, progress=progress).double()  # (heads, prompts), relative
     logits = dataset_logits(model, data, batch_size=batch_size).double()
     p_clean = logits.softmax(-1).gather(1, data.answer_ids.view(-1, 1).to(logits.device)).flatten()

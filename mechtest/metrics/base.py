@@ -125,7 +125,7 @@ class Metric:
         spec = claim.get("circuit")
         if spec is None:
             return None
-        circuit = service.circuit(spec, n=claim.get("discover_prompts") or n, seed=seed)
+        circuit = service.circuit(spec, n=claim.get("discover_prompts") or n, seed=seed, task=claim.task)
         return circuit.any_shape() if claim.get("any_shape") else circuit
 
 

@@ -24,7 +24,7 @@ class CircuitMetric(Metric):
 
     def measure(self, service, claim, model, *, n, seed, n_boxes):
         circuit = self.circuit_of(service, claim, n=n, seed=seed)
-        m = self.call(service, claim, model, circuit, n=n, seed=seed, n_boxes=n_boxes)
+        m = self.call(service, claim, model, circuit, n=n, seed=seed, n_boxes=n_boxes, task=claim.task)
         return Outcome(m.value, m, circuit=circuit)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mechtest.metrics.base import Field, Metric, Outcome, register_metric
-from mechtest.spec import GROUPS
+from mechtest.tasks.registry import get_task
 
 
 def path_patching_forwards(n: int, n_heads_total: int) -> int:
@@ -26,7 +26,7 @@ class PathPatchingSnapshot(Metric):
         path = snapshot_path(claim, model)
         return {"snapshot": path.read_text(encoding="utf-8") if path.is_file() else None}
     description = "path-patching scores of every head (spec 4), compared with a snapshot within rtol/atol"
-    fields = {"group": Field("string", choices=GROUPS), "receivers": Field("table"), "circuit": Field("circuit"),
+    fields = {"group": Field("string"), "receivers": Field("table"), "circuit": Field("circuit"),
               "rtol": Field("number", minimum=0), "atol": Field("number", minimum=0),
               "tolerance": Field("number", minimum=0)}
 
@@ -34,14 +34,18 @@ class PathPatchingSnapshot(Metric):
         return path_patching_forwards(n, n_heads_total)
 
     def check(self, params, models, fail):
+        groups = get_task(params.get("task")).groups
+        if "group" in params and params["group"] not in groups:
+            fail("group", f"unknown group {params['group']!r}; use one of {', '.join(groups)}")
         for group, k in params.get("receivers", {}).items():
-            if group not in GROUPS[1:] or not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                fail("receivers", f"entries are {', '.join(GROUPS[1:])} = positive integer, got {group} = {k!r}")
+            if group not in groups[1:] or not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                fail("receivers", f"entries are {', '.join(groups[1:])} = positive integer, got {group} = {k!r}")
 
     def measure(self, service, claim, model, *, n, seed, n_boxes):
         from mechtest.snapshots import ATOL, RTOL, check_claim_snapshot, to_payload
 
-        scores = service.path_patching(model, n=n, seed=seed, n_boxes=n_boxes, receivers=claim.get("receivers"))
+        scores = service.path_patching(model, n=n, seed=seed, n_boxes=n_boxes, receivers=claim.get("receivers"),
+                                       task=claim.task)
         payload = to_payload(scores)
         if claim.get("group"):
             payload["steps"] = {claim.get("group"): payload["steps"][claim.get("group")]}

@@ -43,6 +43,9 @@ class PropertyMetric(Metric):
     version = f"1+hypothesis-{_hypothesis_version()}"
 
     def check(self, params, models, fail):
+        from mechtest.metrics.interventions import entity_tracking_only
+
+        entity_tracking_only(self.name, params, fail)
         spec = params["property"]
         base = spec.split(":", 1)[1] if spec.startswith("agrees_with:") else None
         if base is None and spec not in PROPERTIES[1:]:

@@ -50,11 +50,11 @@ class Verdict(Metric):
         thresholds = Thresholds(**{k: float(v) for k, v in given.items() if v is not None})
         recorded = claim.get("base_circuit")
         if recorded is not None:
-            recorded = service.circuit(recorded, n=claim.get("discover_prompts") or n, seed=seed)
+            recorded = service.circuit(recorded, n=claim.get("discover_prompts") or n, seed=seed, task=claim.task)
             recorded = recorded.any_shape() if claim.get("any_shape") else recorded
         comparison = service.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
                                      n_discover=claim.get("discover_prompts"), thresholds=thresholds,
-                                     base_circuit=recorded)
+                                     base_circuit=recorded, task=claim.task)
         data = comparison.to_dict()
         details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
                                         "profile_correlation", "profile_p_value", "base_circuit",

@@ -58,9 +58,16 @@ def json_report(results: list[ClaimResult], skipped: list[dict], provenance_: di
     """The report; ``interrupted`` and ``not_run`` (node ids of collected claims that never ran) tell a CI that
     reads only this file that the run is incomplete."""
     keys = ("id", "model", "metric", "value", "ci_low", "ci_high", "expect", "outcome", "passed", "n_prompts",
-            "seed", "n_boxes", "nodeid", "heatmap", "error", "details", "decide", "level", "looks", "prompts_needed", "cached")
+            "seed", "n_boxes", "nodeid", "heatmap", "error", "details", "decide", "level", "looks", "prompts_needed",
+            "cached", "task")
     claims = [{k: r.to_dict()[k] for k in keys} for r in sorted(results, key=lambda r: (r.nodeid, r.id, r.model))]
+    tasks = {}
+    for c in claims:  # per task: its claims' outcomes, so a gate over several mechanisms reads each one
+        group = tasks.setdefault(c["task"], {"claims": [], "outcomes": {}})
+        group["claims"].append(c["nodeid"] or f"{c['id']}[{c['model']}]")
+        group["outcomes"][c["outcome"]] = group["outcomes"].get(c["outcome"], 0) + 1
     return {"interrupted": interrupted, "not_run": sorted(not_run), "claims": claims,
+            "tasks": dict(sorted(tasks.items())),
             "skipped": sorted(skipped, key=lambda s: (s["nodeid"], s["model"])),
             "provenance": provenance_}
 

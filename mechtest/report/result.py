@@ -36,6 +36,7 @@ class ClaimResult:
     prompts_needed: int | None = None  # prompts that would decide at the observed effect
     cached: bool = False  # read back from the claim-result cache (same claim, same weights)
     rule: str = ""  # how the metric decides, when not on its interval or estimate (e.g. a verdict's checks)
+    task: str = "entity_tracking"  # the claim's task (mechtest.tasks): the report groups claims by it
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}

@@ -39,7 +39,7 @@ class EntityTrackingDataset:
         return len(self.prompts)
 
     def __getitem__(self, idx) -> EntityTrackingDataset:
-        rows = _indices(idx, len(self))
+        rows = row_indices(idx, len(self))
         index = torch.tensor(rows, dtype=torch.long)
         tensors = {
             f.name: getattr(self, f.name)[index]
@@ -152,7 +152,7 @@ def _render(row: PromptRow) -> str:
     return "".join(p if isinstance(p, str) else p.word for p in row.pieces)
 
 
-def _tokenize(tokenizer, texts) -> list[list[int]]:
+def tokenize(tokenizer, texts) -> list[list[int]]:
     """Token ids with the tokenizer's leading special tokens (BOS) kept and any trailing ones (EOS) removed:
     the prediction is read at the last real token."""
     specials = set(tokenizer.all_special_ids)
@@ -206,7 +206,7 @@ def build_dataset(tokenizer, vocab: Vocabulary, rows: Sequence[PromptRow], seed:
            strict: bool = True) -> EntityTrackingDataset:
     """Tokenize, locate and pack rows; right-pad (attention 0) when lengths may differ."""
     texts = [_render(r) for r in rows]
-    encoded = _tokenize(tokenizer, texts)
+    encoded = tokenize(tokenizer, texts)
     lengths = [len(ids) for ids in encoded]
     if one_length and len(set(lengths)) > 1:
         k = next(i for i, n in enumerate(lengths) if n != lengths[0])
@@ -255,7 +255,7 @@ def sample_context(rng: random.Random, vocab: Vocabulary, n_boxes: int, containi
     return objects, tuple(others)
 
 
-def _indices(idx, n: int) -> list[int]:
+def row_indices(idx, n: int) -> list[int]:
     if isinstance(idx, torch.Tensor):
         idx = idx.nonzero().flatten().tolist() if idx.dtype == torch.bool else idx.flatten().tolist()
     if isinstance(idx, slice):

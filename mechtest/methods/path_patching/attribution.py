@@ -36,10 +36,11 @@ from mechtest.errors import MechtestError
 from mechtest.forward import progress_bar
 from mechtest.heads import hooked
 from mechtest.methods.path_patching.batch import BatchContext, constant, receivers_by_layer, set_at
-from mechtest.methods.path_patching.core import (DEFAULT_RECEIVERS, PLAN, PathPatchingResult, Step, StepResult,
+from mechtest.methods.path_patching.core import (DEFAULT_RECEIVERS, PathPatchingResult, Step, StepResult,
                                                  chain, corrupt_positions, positions, validate)
 from mechtest.methods.path_patching.fast import fast_scores, run_a
 from mechtest.methods.path_patching.patching import patch_step
+from mechtest.tasks.registry import task_of
 
 METHODS = ("gradient", "hybrid")
 METRICS = ("logodds", "prob")
@@ -65,16 +66,17 @@ class Triage:
 
 def attribution_scores(model, base, corrupt, *, receivers: dict[str, int] | None = None, seed: int = 0,
                        batch_size: int = 100, method: str = "gradient", metric: str = "logodds",
-                       groups: Sequence[str] = tuple(g for g, *_ in PLAN), progress: bool = True,
+                       groups: Sequence[str] | None = None, progress: bool = True,
                        ) -> PathPatchingResult:
     """The four steps of spec 4.4 on attribution estimates; each step's top-k estimates are the receivers."""
     return chain(lambda step: attribution_step(model, base, corrupt, step, seed=seed, batch_size=batch_size,
-                                               method=method, metric=metric, progress=progress), receivers, groups)
+                                               method=method, metric=metric, progress=progress), receivers, groups,
+                 task_of(base).plan)
 
 
 def triage(model, base, corrupt, *, receivers: dict[str, int] | None = None, sizes: dict[str, int] | None = None,
            margin: float = 3.0, minimum: int = 8, seed: int = 0, batch_size: int = 100, method: str = "hybrid",
-           metric: str = "logodds", groups: Sequence[str] = tuple(g for g, *_ in PLAN),
+           metric: str = "logodds", groups: Sequence[str] | None = None,
            progress: bool = True) -> Triage:
     """Path patching where only the heads attribution ranks highest are scored exactly.
 
@@ -85,7 +87,8 @@ def triage(model, base, corrupt, *, receivers: dict[str, int] | None = None, siz
     k = {**DEFAULT_RECEIVERS, **(receivers or {})}
     sizes = sizes or {}
     estimates, verified = PathPatchingResult(), {}
-    following = {previous: group for group, _, previous, _ in PLAN if previous}
+    plan = task_of(base).plan
+    following = {previous: group for group, _, previous, _ in plan if previous}
 
     def score(step: Step) -> StepResult:
         est = attribution_step(model, base, corrupt, step, seed=seed, batch_size=batch_size, method=method,
@@ -100,7 +103,7 @@ def triage(model, base, corrupt, *, receivers: dict[str, int] | None = None, siz
         verified[step.group] = tuple(sorted(chosen))
         return StepResult(step, torch.where(mask, exact.scores, est.scores), exact.n_prompts, seed, verified=mask)
 
-    return Triage(chain(score, receivers, groups), estimates, verified)
+    return Triage(chain(score, receivers, groups, plan), estimates, verified)
 
 
 def attribution_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,

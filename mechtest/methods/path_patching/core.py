@@ -6,7 +6,6 @@ Every engine (fast, naive reference, attribution, the cache's rebuild) goes thro
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,11 +13,13 @@ import torch
 
 from mechtest.errors import MechtestError
 from mechtest.heads import check_heads, n_heads_at
-from mechtest.spec import GROUPS, PAPER_RECEIVERS, POSITIONS, STEP_PLAN
+from mechtest.spec import PAPER_RECEIVERS, STEP_PLAN
+from mechtest.tasks.registry import task_of
 
 # Spec 4.4: the paper's Llama receiver counts are the defaults.
 DEFAULT_RECEIVERS = PAPER_RECEIVERS
-# (group, sender/receiver position, group whose top-k are the receivers, receiver site)
+# entity tracking's (group, sender/receiver position, group whose top-k are the receivers, receiver site);
+# a task's own is ``task.plan``
 PLAN = tuple((p.group, p.position, p.previous, p.receiver_site) for p in STEP_PLAN)
 
 
@@ -27,7 +28,7 @@ class Step:
     """One path-patching step: where senders are patched and which receivers (if any) read them."""
 
     group: str
-    position: str  # "last" | "query_label" | "query_context"; the receivers read at the same position
+    position: str  # a position class of the task ("last", "query_label", ...); receivers read at the same one
     receivers: tuple[tuple[int, int], ...] = ()
     receiver_site: str | None = None  # "q" | "v"; None: direct path to the logits
 
@@ -67,40 +68,31 @@ class PathPatchingResult:
 
 
 def chain(score_step: Callable[[Step], StepResult], receivers: dict[str, int] | None = None,
-          groups: Sequence[str] = GROUPS) -> PathPatchingResult:
-    """Run the steps of spec 4.4 in order through ``score_step``; each step's receivers are the previous
-    step's top-k heads (``receivers[group]`` of them)."""
+          groups: Sequence[str] | None = None, plan: Sequence[tuple] = PLAN) -> PathPatchingResult:
+    """Run a task's step ``plan`` (default: entity tracking's, spec 4.4) in order through ``score_step``; each
+    step's receivers are the previous step's top-k heads (``receivers[group]`` of them)."""
     k = {**DEFAULT_RECEIVERS, **(receivers or {})}
     result = PathPatchingResult()
-    for group, position, previous, site in PLAN:
-        if group not in groups:
+    for group, position, previous, site in plan:
+        if groups is not None and group not in groups:
             continue
         recv: tuple = ()
         if previous is not None:
             if previous not in result.steps:
                 raise MechtestError(f"path-patching step {group!r} needs the scores of step {previous!r}")
-            recv = tuple(result.steps[previous].top(k[group]))
+            recv = tuple(result.steps[previous].top(k.get(group, 1)))
         result.steps[group] = score_step(Step(group, position, recv, site))
     return result
 
 
 def positions(dataset, position: str) -> torch.Tensor:
-    if position == "last":
-        return dataset.last_pos.clone()
-    if position == "query_label":
-        return dataset.query_label_pos.clone()
-    if position == "query_context":
-        return dataset.query_context_pos.clone()
-    raise MechtestError(f"unknown position class {position!r}; use one of {', '.join(POSITIONS)}")
+    """The token position of class ``position`` in every row (the dataset's task knows its classes)."""
+    return task_of(dataset).position(dataset, position)
 
 
 def corrupt_positions(corrupt, position: str, seed: int) -> torch.Tensor:
-    """P_corr of spec 4.3: for the context label, a uniformly random box-label position per example."""
-    if position != "query_context":
-        return positions(corrupt, position)
-    rng = random.Random(seed)
-    idx = torch.tensor([rng.randrange(corrupt.n_boxes) for _ in range(len(corrupt))])
-    return corrupt.label_pos[torch.arange(len(corrupt)), idx]
+    """P_corr of spec 4.3: where senders are read in the corrupt run (the task's rule)."""
+    return task_of(corrupt).corrupt_position(corrupt, position, seed)
 
 
 def validate(model, base, corrupt, step: Step) -> None:

@@ -26,15 +26,16 @@ from mechtest.methods.path_patching.core import (PathPatchingResult, Step, StepR
                                                  positions, validate)
 from mechtest.methods.path_patching.fast import fast_scores
 from mechtest.methods.path_patching.reference import naive_scores
-from mechtest.spec import GROUPS
+from mechtest.tasks.registry import task_of
 
 
 def path_patching(model, base, corrupt, *, receivers: dict[str, int] | None = None, seed: int = 0,
                   batch_size: int = 100, naive: bool = False, progress: bool = True,
-                  groups: Sequence[str] = GROUPS) -> PathPatchingResult:
-    """Run the steps of spec 4.4 in order; each step's top-k heads are the next step's receivers."""
+                  groups: Sequence[str] | None = None) -> PathPatchingResult:
+    """Run the steps of the prompts' task (spec 4.4) in order; each step's top-k heads are the next step's
+    receivers."""
     return chain(lambda step: patch_step(model, base, corrupt, step, seed=seed, batch_size=batch_size,
-                                         naive=naive, progress=progress), receivers, groups)
+                                         naive=naive, progress=progress), receivers, groups, task_of(base).plan)
 
 
 def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,
