@@ -377,7 +377,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     log = config.stash.get(LOG_KEY, None)
     if log is None or not _is_controller(config) or config.getoption("mechtest_plan") or \
-            not (log.results or log.skipped or log.not_run()):
+            getattr(config.option, "collectonly", False) or not (log.results or log.skipped or log.not_run()):
         return
     terminalreporter.section("mechtest claims")
     for line in summary_lines(log.results, log.skipped, interrupted=log.interrupted, not_run=log.not_run()):
