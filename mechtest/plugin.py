@@ -19,13 +19,10 @@ import pytest
 
 from mechtest.api import Mechtest
 from mechtest.claims import Claim, load_claims
-from mechtest.decision import MAX_PROMPTS
 from mechtest.errors import ClaimError, MechtestError, TokenizerError
 from mechtest.metrics import get_metric
-from mechtest.model_registry import ModelSpec, parse_model_option, worker_device
-from mechtest.options import add_options
+from mechtest.options import add_options, settings_from_config
 from mechtest.report import ClaimResult, RunLog, json_report, provenance, summary_lines, write_json
-from mechtest.settings import Settings
 from mechtest.tasks.base import DEFAULT_TASK
 
 SESSION_KEY = pytest.StashKey[Mechtest]()
@@ -44,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "mechtest_models(*names, all=False): parametrize the test's mechtest_model argument over these "
                    "configured models (all=True: every configured model); absent models are skipped")
     config.addinivalue_line("markers", "mechtest_claim: an item collected from a mechtest claim file")
-    config.stash[SESSION_KEY] = Mechtest(_settings(config), rootdir=config.rootpath)
+    config.stash[SESSION_KEY] = Mechtest(settings_from_config(config), rootdir=config.rootpath)
     from mechtest import properties
     properties.bind(config.stash[SESSION_KEY])  # prompts("name") in @given resolves through this session
     config.stash[LOG_KEY] = RunLog()
@@ -60,79 +57,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from mechtest import progress, properties
     properties.unbind(config.stash.get(SESSION_KEY, None))
     progress.configure()
-
-
-def _settings(config: pytest.Config) -> Settings:
-    """Settings from options and ini, checked once here so a bad value stops the run before any work."""
-    root = config.rootpath
-    models: dict[str, ModelSpec] = {}
-    for where, lines, base in (("ini option mechtest_models", config.getini("mechtest_models"), root),
-                               ("--mechtest-model", config.getoption("mechtest_model"), Path.cwd())):
-        given: set[str] = set()
-        for text in lines:
-            try:
-                name, ref = parse_model_option(text)
-            except ValueError as e:
-                hint = " (one 'name = path' per line)" if where.startswith("ini") else ""
-                raise pytest.UsageError(f"{where}: {e}{hint}") from None
-            if name in given:
-                raise pytest.UsageError(f"{where}: model {name!r} is given twice; give each name once")
-            given.add(name)  # the command line overrides the ini
-            models[name] = ModelSpec(name, ref, base, "--mechtest-model" if where.startswith("--") else
-                                     "ini mechtest_models")
-    for name in [*config.getini("mechtest_require"), *config.getoption("mechtest_require")]:
-        if name not in models:
-            raise pytest.UsageError(f"required model {name!r} is not configured (--mechtest-require / ini "
-                                    f"mechtest_require): pass --mechtest-model {name}=PATH")
-        try:
-            models[name].resolve()
-        except MechtestError as e:
-            raise pytest.UsageError(f"required model {name!r}: {e}") from None
-    prompts = config.getoption("mechtest_prompts")
-    if prompts is not None and (prompts < 1 or prompts > MAX_PROMPTS):
-        raise pytest.UsageError(f"--mechtest-prompts must be >= 1, got {prompts}" if prompts < 1 else
-                                f"--mechtest-prompts must be <= {MAX_PROMPTS}, got {prompts}")
-    cache = config.getoption("mechtest_cache_dir") or config.getini("mechtest_cache_dir") or ".mechtest_cache"
-    cache_dir = Path(cache).expanduser()
-    if not cache_dir.is_absolute():
-        base = Path.cwd() if config.getoption("mechtest_cache_dir") else root
-        cache_dir = base / cache_dir
-    dtype = config.getoption("mechtest_dtype")
-    if dtype is not None:
-        known = {"float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"}
-        if dtype.lower() not in known:
-            raise pytest.UsageError(f"--mechtest-dtype: unknown dtype {dtype!r}; use one of {', '.join(sorted(known))}")
-    device = worker_device(config.getoption("mechtest_device"), getattr(config, "workerinput", {}).get("workerid"))
-    if device is not None:
-        from mechtest.model import check_device
-
-        try:
-            device = check_device(device)
-        except MechtestError as e:
-            raise pytest.UsageError(f"--mechtest-device: {e}") from None
-    report = config.getoption("mechtest_report")
-    from mechtest.preflight import check_report_dir
-    from mechtest.report.json_report import check_json_path
-
-    try:
-        if config.getoption("mechtest_json"):
-            check_json_path(Path(config.getoption("mechtest_json")))
-        if report:
-            check_report_dir(Path(report))
-    except MechtestError as e:
-        raise pytest.UsageError(str(e)) from None
-    return Settings(models=models, device=device, dtype=dtype, cache_dir=cache_dir,
-                    prompts=prompts, report_dir=Path(report).resolve() if report else None,
-                    update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
-                    inconclusive=config.getoption("mechtest_inconclusive"),
-                    recompute=config.getoption("mechtest_recompute"),
-                    max_models=_positive(config.getoption("mechtest_max_models"), "--mechtest-max-models"))
-
-
-def _positive(value: int | None, option: str) -> int | None:
-    if value is not None and value < 1:
-        raise pytest.UsageError(f"{option} must be >= 1, got {value}")
-    return value
 
 
 def _progress_reporter(config: pytest.Config):
