@@ -29,6 +29,7 @@ from contextlib import contextmanager
 
 import torch
 
+from mechtest.compat import accepts_logits_to_keep
 from mechtest.errors import HeadIndexError, MechtestError
 from mechtest.spec import SITES
 
@@ -134,8 +135,11 @@ def run_and_read(
     for site in sites:
         for layer in layers:
             all_edits[(site, layer)].append(record(store, (site, layer)))
+    # nothing here reads logits: one position's (the fewest allowed) instead of a vocabulary-wide row per token
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     with torch.no_grad(), hooked(model, all_edits):
-        model.hf(input_ids=input_ids.to(model.device), attention_mask=_mask(attention_mask, model), use_cache=False)
+        model.hf(input_ids=input_ids.to(model.device), attention_mask=_mask(attention_mask, model), use_cache=False,
+                 **keep)
     return store
 
 

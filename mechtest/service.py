@@ -216,7 +216,8 @@ class Service:
             lambda: completeness(model, circ, data, ref, mode=mode, n_draws=n_draws, seed=seed, cache=self.cache))
 
     def compare(self, base, candidate, *, n: int | None = None, seed: int = 0, n_boxes: int | None = None,
-                n_discover: int | None = None, thresholds=None, base_circuit=None, task: str = DEFAULT_TASK):
+                n_discover: int | None = None, thresholds=None, base_circuit=None, task: str = DEFAULT_TASK,
+                share_prompts: int | None = None):
         """Does ``candidate`` keep ``base``'s mechanism? (``mechtest.methods.compare``).
 
         Both discoveries come from this session's memo and the on-disk cache, so a base is discovered once for
@@ -237,10 +238,10 @@ class Service:
                 for m in (base_model, cand_model)}
             return compare(base_model, cand_model, n_prompts=n, seed=seed, n_boxes=n_boxes, cache=self.cache, task=task,
                            base_discovery=found.get(base_model.name), candidate_discovery=found.get(cand_model.name),
-                           base_circuit=recorded, thresholds=thresholds)
+                           base_circuit=recorded, thresholds=thresholds, share_prompts=share_prompts)
 
         key = ("compare", base_model.name, cand_model.name, n, n_discover, n_boxes, seed, thresholds,
-               None if recorded is None else _circuit_key(recorded))
+               None if recorded is None else _circuit_key(recorded), share_prompts)
         return self.memoised(_task_key(key, task), compute)
 
     def dcm(self, model, *, circuit, group: str, desideratum: str, n: int | None = None, seed: int = 0,

@@ -160,6 +160,7 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
         accuracy_margin = 0.1
         faithfulness_bound = 0.7
         n_prompts = 98
+        share_prompts = 40
         expect = "preserved"
     """)
     (claim,) = load_claims(pytester.path / "claims.toml")
@@ -170,6 +171,9 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
         load_claims(bad)
     bad.write_text((pytester.path / "claims.toml").read_text().replace("0.7", "1.7"))
     with pytest.raises(ClaimError, match="faithfulness_bound"):
+        load_claims(bad)
+    bad.write_text((pytester.path / "claims.toml").read_text().replace("= 40", "= 4"))
+    with pytest.raises(ClaimError, match="share_prompts"):
         load_claims(bad)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--mechtest-cache-dir={tmp_path / 'cache'}",
                                           "--mechtest-model", f"base={ZOO / 'base'}",
@@ -182,6 +186,9 @@ def test_verdict_claim_takes_a_recorded_circuit_and_a_margin(pytester, tmp_path)
     assert check["bound"] == -0.1 and check["outcome"] == "PASS" and check["ci_low"] is not None
     faithful = [k for k in row["details"]["checks"] if k["name"].startswith("base circuit faithful")]
     assert len(faithful) == 2 and {k["bound"] for k in faithful} == {0.7}
+    # the value fetchers' share ran on the first 40 prompts only, and its check says so
+    (share,) = [k for k in row["details"]["checks"] if "share" in k["name"]]
+    assert share["name"].endswith("(first 40 of 98 prompts)"), share
 
 
 def test_prompt_scores_average_to_the_step_scores():

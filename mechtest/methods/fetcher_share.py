@@ -35,9 +35,6 @@ def fetcher_share(model, data, heads: Sequence[tuple[int, int]], *, seed: int = 
                   progress: bool = False) -> Measurement:
     """Share of the value-fetcher effect in ``model`` carried by ``heads`` (the base's value fetchers) against
     ``model``'s strongest other heads, on ``data`` (corrupt prompts drawn with ``seed``)."""
-    import torch
-
-    from mechtest.forward import dataset_logits
     from mechtest.methods.path_patching import Step, prompt_scores
     task = task_of(data)
     plan = task.step_plan[0]  # the step whose senders read the logits directly
@@ -47,10 +44,7 @@ def fetcher_share(model, data, heads: Sequence[tuple[int, int]], *, seed: int = 
     corrupt = task.corruption(data, model.tokenizer, seed=seed)
     senders = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
     per_prompt = prompt_scores(model, data, corrupt, Step(plan.group, plan.position), seed=seed, batch_size=batch_size,
-                               senders=senders, progress=progress).double()  # (heads, prompts), relative
-    logits = dataset_logits(model, data, batch_size=batch_size).double()
-    p_clean = logits.softmax(-1).gather(1, data.answer_ids.view(-1, 1).to(logits.device)).flatten()
-    per_prompt = (per_prompt * p_clean.cpu()[None]).numpy()  # p - p_clean
+                               senders=senders, progress=progress, absolute=True).double().numpy()  # p - p_clean
     share = share_of(per_prompt, [senders.index(h) for h in heads], seed=seed)
     return replace(share, details={"model": model.name, "heads": [list(h) for h in heads]})
 

@@ -21,6 +21,10 @@ class Verdict(Metric):
                                     doc="the base circuit's faithfulness required in the base and in the candidate "
                                         "(default 0.8, the paper's; where a model's best circuit explains less, "
                                         "state the bound its circuit was measured to meet)"),
+        "share_prompts": Field("int", minimum=10,
+                               doc="run the value fetchers' share (every head path-patched on every prompt: most of "
+                                   "a verdict's time on a large model) on the first this many prompts only; the "
+                                   "check names them (default: all n_prompts)"),
     }
 
     def check(self, params, models, fail):
@@ -35,7 +39,8 @@ class Verdict(Metric):
     def forwards(self, claim, n, n_heads_total):
         # two model runs, two circuit runs, CMAP and the candidate's value-fetcher share (~ a tenth of a
         # forward per head and prompt); the discoveries: see discoveries
-        return 8 * n + n * max(1, n_heads_total // 10)
+        share = min(n, int(claim.get("share_prompts") or n))
+        return 8 * n + share * max(1, n_heads_total // 10)
 
     def discoveries(self, claim, model):
         recorded = str(claim.get("base_circuit") or "")
@@ -54,7 +59,8 @@ class Verdict(Metric):
             recorded = recorded.any_shape() if claim.get("any_shape") else recorded
         comparison = service.compare(claim.get("base"), model, n=n, seed=seed, n_boxes=n_boxes,
                                      n_discover=claim.get("discover_prompts"), thresholds=thresholds,
-                                     base_circuit=recorded, task=claim.task)
+                                     base_circuit=recorded, task=claim.task,
+                                     share_prompts=claim.get("share_prompts"))
         data = comparison.to_dict()
         details = {k: data[k] for k in ("verdict", "reason", "checks", "not_applied", "overlap",
                                         "profile_correlation", "profile_p_value", "base_circuit",

@@ -59,13 +59,13 @@ def measure_base(base, circuit, seed: int, n: int, cache) -> dict:
                                                                 seed=seed, cache=cache))}
 
 
-def measure_control(base, cand, circuit, seed: int, n: int, cache, bound: float) -> dict:
+def measure_control(base, cand, circuit, seed: int, n: int, cache, bound: float, share: int | None) -> dict:
     """The verdict as the real tier's claims give it: ``compare`` with the recorded base circuit."""
     from mechtest.methods.compare import Thresholds, compare
 
     t0 = time.time()
     c = compare(base, cand, n_prompts=n, n_boxes=N_BOXES, seed=seed, base_circuit=circuit, cache=cache,
-                thresholds=Thresholds(faithfulness=bound), progress=False)
+                thresholds=Thresholds(faithfulness=bound), progress=False, share_prompts=share)
     return {"verdict": c.verdict, "reason": c.reason, "accuracy": meas(c.candidate_accuracy),
             "base_accuracy": meas(c.base_accuracy), "gain": meas(c.accuracy_difference),
             "faithfulness": meas(c.faithfulness) if c.faithfulness else None,
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controls", nargs="*", default=[])
     parser.add_argument("--faithfulness-bound", type=float, default=0.6,
                         help="as suites/real/verdicts.claims.toml states it")
+    parser.add_argument("--share-prompts", type=int, default=50,
+                        help="the value fetchers' share on the first this many prompts, as the claims state it")
     parser.add_argument("--skip-base", action="store_true", help="controls only (the base row is measured elsewhere)")
     parser.add_argument("--out", type=Path, default=FIXTURES / "measurements.json")
     args = parser.parse_args(argv)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cand = build(base, name, kind, seed)
             row["seeds"][str(seed)] = measure_control(base, cand, circuit, seed, args.prompts, cache,
-                                                         args.faithfulness_bound)
+                                                         args.faithfulness_bound, args.share_prompts)
             del cand
             write_json(args.out, results)
             r = row["seeds"][str(seed)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _m(x) -> str:
+def _m(x, of: int | None = None) -> str:
+    """value [interval], and the prompts it was measured on when fewer than ``of``."""
     if not x:
         return "-"
-    return f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"
+    subset = f" ({x['n']} prompts)" if of and x.get("n", of) < of else ""
+    return f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]{subset}"
 
 
 def write_report(results: dict, path: Path) -> None:
@@ -31,7 +33,7 @@ def write_report(results: dict, path: Path) -> None:
         for seed, r in sorted(row["seeds"].items()):
             ok = "" if r["verdict"] == row["expected"] else " (differs)"
             lines.append(f"| {name} | {seed} | {_m(r['accuracy'])} | {_m(r['faithfulness'])} | - | "
-                         f"{_m(r['cmap_gain'])} | {_m(r['cmap_explained'])} | {_m(r.get('fetcher_share'))} | "
+                         f"{_m(r['cmap_gain'])} | {_m(r['cmap_explained'])} | {_m(r.get('fetcher_share'), results['n_prompts'])} | "
                          f"{r['verdict']}{ok} | {row['expected']} |")
     lines += ["", "Why each verdict came out as it did (the gate's checks):", ""]
     for name, row in results["controls"].items():

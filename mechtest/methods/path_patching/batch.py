@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mechtest.compat import cache_tensors, make_cache, output_cache
+from mechtest.compat import accepts_logits_to_keep, cache_tensors, make_cache, output_cache
 from mechtest.heads import hooked, kv_head_of, record, run_and_read, submodule
 
 
@@ -34,14 +34,17 @@ class BatchContext:
         b = ids.shape[0]
         store: dict = {}
         edits = {("head_out", l): record(store, l) for l in range(model.n_layers)}
+        last = base.last_pos[sl].to(model.device)
+        # logits from the earliest answer position on only: the vocabulary row per token dominates short prompts
+        offset = int(last.min()) if accepts_logits_to_keep(model) else 0
+        keep = {"logits_to_keep": ids.shape[1] - offset} if offset else {}
         with torch.no_grad(), hooked(model, edits):
-            out = model.hf(input_ids=ids, use_cache=need_kv, output_hidden_states=need_kv)
+            out = model.hf(input_ids=ids, use_cache=need_kv, output_hidden_states=need_kv, **keep)
         clean = torch.stack([store[l] for l in range(model.n_layers)])
         resid = torch.stack(out.hidden_states[:model.n_layers]) if need_kv else None
         rows = torch.arange(b, device=model.device)
-        last = base.last_pos[sl].to(model.device)
         answers = base.answer_ids[sl].to(model.device)
-        probs = out.logits[rows, last].float().softmax(-1)[rows, answers]
+        probs = out.logits[rows, last - offset].float().softmax(-1)[rows, answers]
         corrupt_acts = run_and_read(model, corrupt.input_ids[sl], sites=("head_out",))
         p_corr = p_corr.to(model.device)
         corrupt_at = torch.stack([corrupt_acts[("head_out", l)][rows, p_corr] for l in range(model.n_layers)])

@@ -59,12 +59,14 @@ def patch_step(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: i
 
 
 def prompt_scores(model, base, corrupt, step: Step, *, seed: int = 0, batch_size: int = 100,
-                  senders: Sequence[tuple[int, int]] | None = None, progress: bool = False) -> torch.Tensor:
+                  senders: Sequence[tuple[int, int]] | None = None, progress: bool = False,
+                  absolute: bool = False) -> torch.Tensor:
     """Every sender's score on every prompt, (senders, prompts), for statistics over prompts (their mean over
-    prompts is ``patch_step``'s score); senders default to every head in layer-major order."""
+    prompts is ``patch_step``'s score); senders default to every head in layer-major order. ``absolute``:
+    ``p - p_clean`` instead of the relative change, with the clean run's own ``p_clean`` (no extra pass)."""
     senders = _senders(model, senders)
     return torch.cat(list(_batch_scores(model, base, corrupt, step, senders, seed, batch_size, False, progress,
-                                        4096, 512 * 2**20)), dim=1)
+                                        4096, 512 * 2**20, absolute)), dim=1)
 
 
 def _senders(model, senders) -> list[tuple[int, int]]:
@@ -74,7 +76,8 @@ def _senders(model, senders) -> list[tuple[int, int]]:
     return senders
 
 
-def _batch_scores(model, base, corrupt, step, senders, seed, batch_size, naive, progress, max_rows, memory_budget):
+def _batch_scores(model, base, corrupt, step, senders, seed, batch_size, naive, progress, max_rows, memory_budget,
+                  absolute=False):
     """Yield (senders, batch) score tensors, one per batch of prompts."""
     validate(model, base, corrupt, step)
     p_start = positions(base, step.position)
@@ -84,7 +87,6 @@ def _batch_scores(model, base, corrupt, step, senders, seed, batch_size, naive, 
     for start in progress_bar(starts, f"path patching {step.group}" if progress else None, len(starts)):
         sl = slice(start, min(start + batch_size, n))
         ctx = BatchContext.build(model, base, corrupt, sl, p_start[sl], p_corr[sl], need_kv=not naive)
-        if naive:
-            yield naive_scores(model, ctx, step, senders)
-        else:
-            yield fast_scores(model, ctx, step, senders, max_rows, memory_budget)
+        scores = naive_scores(model, ctx, step, senders) if naive else \
+            fast_scores(model, ctx, step, senders, max_rows, memory_budget)
+        yield scores * ctx.p_clean.cpu()[None] if absolute else scores
