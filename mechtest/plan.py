@@ -62,7 +62,8 @@ def plan_rows(service, items, *, timed: bool = True, loads: bool = False) -> lis
                 if found not in discovered:
                     discovered.add(found)
                     costs.append((model, path_patching_forwards(n_disc, heads_total(service, model))))
-            per_forward = {m: _time_one_forward(service, m) for m, _ in costs} if timed and not cached else {}
+            boxes = claim.n_boxes
+            per_forward = {m: _time_one_forward(service, m, boxes) for m, _ in costs} if timed and not cached else {}
             timed_models.update(per_forward)
         except MechtestError as e:
             rows.append(PlanRow(claim.id, name, claim.metric, n, 0, False, None, f"error: {e}"))
@@ -140,15 +141,17 @@ def heads_total(service, name: str) -> int:
         raise ModelLoadError(f"the config of {ref.display!r} gives no layer and head counts") from None
 
 
-def _time_one_forward(service, name: str) -> float:
+def _time_one_forward(service, name: str, n_boxes: int | None = None) -> float:
     """Seconds of one prompt's forward pass, timed in a batch of ``_TIMED_BATCH`` as the methods run them (best of
-    two, after a warm-up); a single prompt's forward would overstate a batched run several times."""
+    two, after a warm-up), on prompts of the claim's box count (7-box prompts are twice as long as 3-box ones); a
+    single prompt's forward would overstate a batched run several times."""
     import torch
 
     from mechtest.compat import accepts_logits_to_keep
     from mechtest.tasks.entity_tracking import make_dataset
 
-    key = ("seconds per forward", name)
+    n_boxes = n_boxes or service.n_boxes(name)
+    key = ("seconds per forward", name, n_boxes)
     if key in service.memo:  # progress lines ask once per claim: time each model once per session
         return service.memo[key]
     loaded = name in service.models.resident
@@ -156,7 +159,7 @@ def _time_one_forward(service, name: str) -> float:
     model = service.model(name)
     if not loaded:
         service.memo[("seconds to load", name)] = time.perf_counter() - start
-    data = make_dataset(model.tokenizer, _TIMED_BATCH, n_boxes=service.n_boxes(name), seed=0)
+    data = make_dataset(model.tokenizer, _TIMED_BATCH, n_boxes=n_boxes, seed=0)
     ids, mask = data.input_ids.to(model.device), data.attention_mask.to(model.device)
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}  # as the methods read logits
     best = float("inf")
