@@ -118,5 +118,5 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} seed {seed}: {r['verdict']} (expected {row['expected']}); {r['checks']}")
     from tools.real.report import write_report
 
-    write_report(results, args.out.with_suffix(".md"))
+    write_report(results, args.out.with_name("MEASUREMENTS.md"))
     return 0
