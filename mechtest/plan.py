@@ -62,8 +62,8 @@ def plan_rows(service, items, *, timed: bool = True, loads: bool = False) -> lis
                 if found not in discovered:
                     discovered.add(found)
                     costs.append((model, path_patching_forwards(n_disc, heads_total(service, model))))
-            boxes = claim.n_boxes
-            per_forward = {m: _time_one_forward(service, m, boxes) for m, _ in costs} if timed and not cached else {}
+            per_forward = {m: _time_one_forward(service, m, claim.n_boxes) for m, _ in costs} \
+                if timed and not cached else {}
             timed_models.update(per_forward)
         except MechtestError as e:
             rows.append(PlanRow(claim.id, name, claim.metric, n, 0, False, None, f"error: {e}"))
