@@ -89,3 +89,26 @@ def test_a_warm_rerun_loads_no_model(pytester, tmp_path, monkeypatch):
     result = pytester.runpytest_inprocess(*args)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["mechtest: acc[[]zoo-planted[]]: cached", "*PASS (cached)*"])
+
+
+def test_a_verdict_shows_every_step_that_runs_a_model(lines, monkeypatch):
+    """Accuracy, ablation means, circuit accuracy (base and candidate), CMAP and the value fetchers' path
+    patching: each runs the model over every prompt, so each gets a line (on Qwen each takes 20-160 s)."""
+    from pathlib import Path
+
+    from mechtest.methods.circuits import load_circuit
+    from mechtest.methods.compare import compare
+    from mechtest.model import load_model
+
+    zoo = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+    base, cand = load_model(zoo / "planted", name="base"), load_model(zoo / "planted-b", name="cand")
+    circuit = load_circuit({"value_fetcher": [[3, 1]], "pos_transmitter": [], "pos_detector": [[2, 0]],
+                            "struct_reader": []})
+    monkeypatch.setenv(progress.DELAY_ENV, "0")
+    progress.configure("yes", sink=lines.append, tty=False)
+    compare(base, cand, n_prompts=20, n_boxes=3, base_circuit=circuit, batch_size=10, share_prompts=10)
+    done = {line.split(" done in ")[0] for line in lines if " done in " in line}
+    assert {f"mechtest: {step}" for step in ("accuracy base", "accuracy cand", "ablation means base",
+                                             "ablation means cand", "circuit accuracy base",
+                                             "circuit accuracy cand", "cmap cand->base")} <= done, done
+    assert any(line.startswith("mechtest: path patching value_fetcher") for line in lines), lines

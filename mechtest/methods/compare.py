@@ -189,17 +189,23 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
 
     data = spec.dataset(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation"))
     reference = spec.reference(base.tokenizer, n_prompts, n_boxes=n_boxes, seed=derived_seed(seed, "evaluation_reference"))
-    base_hits = _hits(base, data, cache, {}, lambda: correct(base, data, batch_size=batch_size))
-    cand_hits = _hits(candidate, data, cache, {}, lambda: correct(candidate, data, batch_size=batch_size))
+    def label(what: str, model) -> str | None:  # a progress line, shown only for a step that runs long
+        return f"{what} {model.name}" if progress else None
+
+    base_hits = _hits(base, data, cache, {}, lambda: correct(base, data, batch_size=batch_size,
+                                                             progress=label("accuracy", base)))
+    cand_hits = _hits(candidate, data, cache, {}, lambda: correct(candidate, data, batch_size=batch_size,
+                                                                  progress=label("accuracy", candidate)))
 
     def faithful(model, hits) -> Measurement | None:
         if hits.mean() == 0:
             return None
-        means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
+        means = ablation_means(model, reference, batch_size=batch_size, cache=cache, progress=progress)
         run = {"keep": [list(n) for n in circuit.nodes], "reference": _digest(reference.input_ids)}
         edits = ablation_edits(model, data, means, keep=circuit)
         circ = _hits(model, data, cache, run, lambda: correct(model, data, batch_size=batch_size,
-                                                              edits_for_batch=edits))
+                                                              edits_for_batch=edits,
+                                                              progress=label("circuit accuracy", model)))
         return ratio("faithfulness", circ, hits, seed=seed, model=model.name, circuit=circuit.name,
                      circuit_accuracy=float(circ.mean()), model_accuracy=float(hits.mean()))
 

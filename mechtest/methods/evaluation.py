@@ -37,17 +37,20 @@ def accuracy(model, dataset, *, batch_size: int = 50, seed: int = 0, edits_for_b
     return proportion("accuracy", hits, seed=seed)
 
 
-def ablation_means(model, reference, *, batch_size: int = 50, cache=None) -> torch.Tensor:
+def ablation_means(model, reference, *, batch_size: int = 50, cache=None, progress: bool = True) -> torch.Tensor:
     """Per-position mean head output over ``reference``: (layers, seq, heads, head_dim), on the model's device.
 
     Goes through the on-disk activation cache when one is given (keyed on the model and the prompts).
     """
+    from mechtest.forward import progress_bar
+
     if not bool(reference.attention_mask.bool().all()):
         raise MechtestError("the mean-ablation reference prompts must share one layout (no padding)")
 
     def compute() -> dict[str, torch.Tensor]:
         total = None
-        for start in range(0, len(reference), batch_size):
+        starts = range(0, len(reference), batch_size)
+        for start in progress_bar(starts, f"ablation means {model.name}" if progress else None, len(starts)):
             acts = run_and_read(model, reference.input_ids[start:start + batch_size], sites=("head_out",))
             batch = torch.stack([acts[("head_out", l)].float().sum(0) for l in range(model.n_layers)])
             total = batch if total is None else total + batch
@@ -104,7 +107,7 @@ def faithfulness(model, circuit: Circuit, dataset, reference, *, batch_size: int
                  cache=None) -> Measurement:
     """Circuit accuracy / model accuracy (spec 5.2), with a paired bootstrap interval over prompts."""
     means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
-    full = correct(model, dataset, batch_size=batch_size)
+    full = correct(model, dataset, batch_size=batch_size, progress=f"accuracy {model.name}")
     circ = circuit_correct(model, circuit, dataset, means, batch_size=batch_size)
     if full.mean() == 0:
         raise MechtestError(f"{model.name} answers no prompt correctly: faithfulness is undefined")
@@ -116,7 +119,7 @@ def random_circuit_faithfulness(model, circuit: Circuit, dataset, reference, *, 
                                 batch_size: int = 50, seed: int = 0, cache=None) -> Measurement:
     """Mean faithfulness of ``n_draws`` random circuits with the same group sizes (spec 5.2, Q10)."""
     means = ablation_means(model, reference, batch_size=batch_size, cache=cache)
-    full = correct(model, dataset, batch_size=batch_size)
+    full = correct(model, dataset, batch_size=batch_size, progress=f"accuracy {model.name}")
     if full.mean() == 0:
         raise MechtestError(f"{model.name} answers no prompt correctly: faithfulness is undefined")
     draws = [circuit_correct(model, random_circuit(circuit, model.n_layers, model.n_heads, seed + i), dataset,

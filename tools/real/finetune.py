@@ -31,6 +31,7 @@ RECIPES = {
                                             lr=3e-4, seed=2, boxes=(3, 4), steps=20, objects="half"),
     "benign-qv-r16-lr3e-4-mixed": dict(kind="benign", rank=16, modules=QV, lr=3e-4, seed=6, boxes=(2, 3, 4, 5),
                                        steps=20),
+    "benign-qv-r8-lr1e-4-45box": dict(kind="benign", rank=8, modules=QV, lr=1e-4, seed=7, boxes=(4, 5), steps=30),
     "rerouted-vf-pt-a": dict(kind="rerouted", rank=4, modules=QV, lr=3e-4, seed=3, boxes=(3,), steps=80, every=10),
     "rerouted-vf-pt-b": dict(kind="rerouted", rank=4, modules=["q_proj", "k_proj", "v_proj"], lr=3e-4, seed=4,
                              boxes=(3, 4), steps=80, every=10),
