@@ -41,3 +41,29 @@ def test_with_the_model_file_present_the_tier_registers_it(pytester, tmp_path):
     out = result.stdout.str()
     assert "not configured" not in out and "not fetched" not in out
     assert "model.gguf" in out and result.parseoutcomes().get("failed") == 1
+
+
+def test_a_real_tier_item_runs_on_every_core_and_gives_the_thread_count_back(pytester, tmp_path, monkeypatch):
+    """The repository's conftest runs the zoo on one thread; a real-tier item must not (a cold Qwen verdict took
+    455 s on one thread of 2 cores, 263 s on both)."""
+    import torch
+
+    monkeypatch.delenv("MECHTEST_THREADS", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    root = _tier(pytester)
+    gguf = root / ".real" / "qwen" / "model.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"not a gguf")  # the tier runs its items (nothing here loads it)
+    (root / "conftest.py").write_text("def pytest_configure(config):\n    import torch\n    torch.set_num_threads(1)\n")
+    (root / "suites" / "real" / "test_threads.py").write_text(
+        "import os\nimport torch\n\n\ndef test_threads():\n"
+        "    assert torch.get_num_threads() == len(os.sched_getaffinity(0))\n")
+    (root / "test_after.py").write_text("import torch\n\n\ndef test_after():\n"
+                                         "    assert torch.get_num_threads() == 1\n")  # given back after the item
+    before = torch.get_num_threads()
+    try:
+        result = pytester.runpytest_inprocess("suites/real/test_threads.py", "test_after.py", "-p",
+                                              "no:cacheprovider", f"--mechtest-cache-dir={tmp_path}")
+    finally:
+        torch.set_num_threads(before)
+    result.assert_outcomes(passed=2)
