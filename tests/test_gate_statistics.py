@@ -142,6 +142,11 @@ def test_a_recorded_base_circuit_skips_the_base_discovery(base, monkeypatch):
     assert "base circuit (recorded)" in c.explain()
     d = json.loads(json.dumps(c.to_dict(), allow_nan=False))
     assert d["recorded_circuit"] is True and d["candidate_circuit"] is None
+    # CMAP judges a gain only where its interval clears the margin: a gain of a few prompts leaves the ratio unbounded
+    assert "accuracy gain explained by CMAP" in {k.name for k in c.checks}
+    wide = judge(c, Thresholds(accuracy_margin=c.accuracy_difference.ci_low + 0.01))
+    assert "accuracy gain explained by CMAP" not in {k.name for k in wide.checks}
+    assert [w for n, w in wide.not_applied if "CMAP" in n and "margin to explain" in w], wide.not_applied
 
 
 @pytest.mark.slow

@@ -10,8 +10,9 @@ The verdict rests on the paper's evidence, each check decided on its confidence 
   candidate's value-fetcher effect against its strongest other heads (``fetcher_share``), bootstrapped over
   prompts. Each model's own discovered value fetchers, compared as sets, are reported as supporting evidence
   only: a set flips between samples when two heads are nearly tied;
-* **CMAP explains the gain** (spec 7): when the candidate is significantly more accurate, patching the
-  candidate's outputs of the base circuit's heads into the base recovers at least half of the gain;
+* **CMAP explains the gain** (spec 7): when the candidate is more accurate by clearly more than
+  ``accuracy_margin`` (the gain's interval above it), patching the candidate's outputs of the base circuit's
+  heads into the base recovers at least half of the gain;
 * **non-inferiority**: candidate accuracy >= base accuracy - ``accuracy_margin`` (paired difference), so
   a fine-tune that forgot the task is not preserved however faithful its circuit looks (faithfulness is a
   ratio); and the candidate is above chance.
@@ -296,12 +297,15 @@ def judge(c: Comparison, t: Thresholds) -> Comparison:
     subset = f" (first {c.fetcher_share.n_prompts} of {c.n_prompts} prompts)" \
         if c.fetcher_share.n_prompts < c.n_prompts else ""
     checks.append(_check(f"base {first} share in candidate{subset}", c.fetcher_share, t.fetcher_share))
-    if c.cmap_explained is not None:
+    # a gain is explained only where it is clearly more than the margin the gate treats as no change: a gain of
+    # a few prompts makes the ratio's interval unbounded (the 1 % noised Qwen: +0.02 [0.01, 0.04], CMAP 0.43 [-1.4, 2.3])
+    if c.cmap_explained is not None and c.accuracy_difference.ci_low > t.accuracy_margin:
         checks.append(_check("accuracy gain explained by CMAP", c.cmap_explained, t.cmap_explained))
     else:
         d = c.accuracy_difference
         not_applied.append(("accuracy gain explained by CMAP",
-                            f"no significant gain to explain: {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"))
+                            f"no gain clearly above the {t.accuracy_margin:.2f} margin to explain: "
+                            f"{d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"))
     if c.recorded_circuit:
         not_applied.append(("base circuit is what discovery finds in the base",
                             "recorded base circuit: the base was not path-patched, so neither own discoveries nor "
