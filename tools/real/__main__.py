@@ -1,4 +1,4 @@
-"""``python -m tools.real {fetch,convert,finetune,discover,measure} ...``: the real-model (Qwen GGUF) tooling."""
+"""``python -m tools.real {fetch,convert,sweep,finetune,measure,report} ...``: the real-model (Qwen GGUF) tooling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 COMMANDS = {"fetch": "tools.real.fetch", "convert": "tools.real.convert",
             "sweep": "tools.real.sweep", "finetune": "tools.real.finetune",
-            "measure": "tools.real.measure"}
+            "measure": "tools.real.measure", "report": "tools.real.report"}
 
 
 def main(argv: list[str] | None = None) -> int:

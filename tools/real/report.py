@@ -1,16 +1,23 @@
-"""fixtures/real/MEASUREMENTS.md from measurements.json: one row per model and seed, numbers as measured."""
+"""fixtures/real/MEASUREMENTS.md and the README's table from measurements.json: one row per model and seed.
+
+    python -m tools.real report [--readme]   # rewrite MEASUREMENTS.md; --readme prints the README's rows
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
+from tools.real.common import FIXTURES
 
-def _m(x, of: int | None = None) -> str:
+
+def _m(x, of: int | None = None, places: int = 3) -> str:
     """value [interval], and the prompts it was measured on when fewer than ``of``."""
     if not x:
         return "-"
     subset = f" ({x['n']} prompts)" if of and x.get("n", of) < of else ""
-    return f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]{subset}"
+    return f"{x['value']:.{places}f} [{x['ci'][0]:.{places}f}, {x['ci'][1]:.{places}f}]{subset}"
 
 
 def write_report(results: dict, path: Path) -> None:
@@ -40,3 +47,38 @@ def write_report(results: dict, path: Path) -> None:
         for seed, r in sorted(row["seeds"].items()):
             lines.append(f"- {name}, seed {seed}: {r['reason']}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def readme_table(results: dict) -> str:
+    """The README's verdict table: base rows, then every control at every seed, surprises in bold."""
+    n = results["n_prompts"]
+
+    def _short(x, of=None):
+        return _m(x, of, places=2)
+
+    lines = ["| model | seed | accuracy | base circuit's faithfulness in it | value fetchers' share | CMAP explained "
+             "| verdict (expected) | seconds |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, b in sorted(results["base"].items()):
+        lines.append(f"| base | {seed} | {_short(b['accuracy'])} | {_short(b['faithfulness'])} (random circuits "
+                     f"{_short(b['random_circuits'])}) | - | - | - | - |")
+    for name, row in results["controls"].items():
+        for seed, r in sorted(row["seeds"].items()):
+            verdict = r["verdict"] if r["verdict"] == row["expected"] else \
+                f"**{r['verdict']}** (expected {row['expected']})"
+            lines.append(f"| {name} | {seed} | {_short(r['accuracy'])} | {_short(r['faithfulness'])} | "
+                         f"{_short(r.get('fetcher_share'), n)} | {_short(r['cmap_explained'])} | {verdict} | "
+                         f"{r['seconds']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.real report")
+    parser.add_argument("--measurements", type=Path, default=FIXTURES / "measurements.json")
+    parser.add_argument("--readme", action="store_true", help="print the README's table instead")
+    args = parser.parse_args(argv)
+    results = json.loads(args.measurements.read_text())
+    if args.readme:
+        print(readme_table(results))
+    else:
+        write_report(results, args.measurements.with_name("MEASUREMENTS.md"))
+    return 0
