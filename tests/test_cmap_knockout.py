@@ -71,6 +71,23 @@ def test_cmap_restores_a_copy_with_disabled_heads(planted, data):
     assert only_sr.value <= 0.05  # the downstream planted heads are still disabled
 
 
+def test_cmap_reports_the_donors_own_correctness_from_the_same_pass(planted, data):
+    """The zoo's base answers about two thirds of 7-box prompts: its hits from CMAP's pass must be its own."""
+    import numpy as np
+
+    from mechtest.methods.cmap import cmap_correct
+    from mechtest.methods.evaluation import correct
+
+    donor = load_model(ZOO / "base", name="base")
+    expected = correct(donor, data)
+    assert 0.2 < expected.mean() < 0.95
+    for transfer in ("head_output", "head_contribution"):
+        own: list = []
+        cmap_correct(planted, donor, data, circuit=CIRCUIT, transfer=transfer, batch_size=7, donor_hits=own,
+                     progress=False)
+        assert np.array_equal(np.concatenate(own), expected), transfer
+
+
 def test_cmap_transfers_pre_wo_outputs_unless_asked_for_contributions(data, planted):
     """With the planted heads' W_O zeroed, their pre-W_O outputs are useless; their W_O terms restore the model."""
     broken = load_model(ZOO / "planted", name="planted-no-wo")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from mechtest.errors import CircuitError, MechtestError
-from mechtest.forward import dataset_logits
-from mechtest.heads import attention_module, hooked, masked_replace, run_and_read
+from mechtest.forward import dataset_logits, last_logits
+from mechtest.heads import attention_module, hooked, masked_replace, record
 from mechtest.methods.circuits import Circuit, load_circuit
 from mechtest.methods.evaluation import node_positions
 from mechtest.measure import Measurement, proportion
@@ -50,11 +50,14 @@ def check_compatible(model, other) -> None:
 
 
 def cmap_correct(model, donor, dataset, *, circuit: Circuit | str | None = None, group: str | None = None,
-                 transfer: str = "head_output", batch_size: int = 50, progress: bool = True) -> np.ndarray:
+                 transfer: str = "head_output", batch_size: int = 50, progress: bool = True,
+                 donor_hits: list | None = None) -> np.ndarray:
     """Per prompt: is ``model`` correct with ``donor``'s head outputs patched in?
 
     ``circuit=None`` patches every head at every position; a circuit patches its nodes at their
-    group positions; ``group`` restricts that to one group of the circuit.
+    group positions; ``group`` restricts that to one group of the circuit. ``donor_hits``, a list, receives
+    the donor's own per-prompt correctness batch by batch: its run reads the head outputs anyway, so a
+    verdict needs no second pass over the candidate for its accuracy.
     """
     check_compatible(model, donor)
     if transfer not in TRANSFERS:
@@ -64,9 +67,12 @@ def cmap_correct(model, donor, dataset, *, circuit: Circuit | str | None = None,
 
     def edits_for_batch(sl: slice):
         mask = _node_mask(model, dataset, sl, nodes)
-        donor_acts = run_and_read(donor, dataset.input_ids[sl], sites=("head_out",), layers=layers,
-                                  attention_mask=dataset.attention_mask[sl])
-        return {l: (mask[l], donor_acts[("head_out", l)]) for l in layers if mask[l].any()}
+        donor_acts: dict = {}
+        logits = last_logits(donor, dataset.input_ids[sl], dataset.last_pos[sl], dataset.attention_mask[sl],
+                             {("head_out", l): record(donor_acts, l) for l in layers})
+        if donor_hits is not None:
+            donor_hits.append((logits.argmax(-1).cpu() == dataset.answer_ids[sl]).numpy())
+        return {l: (mask[l], donor_acts[l]) for l in layers if mask[l].any()}
 
     desc = f"cmap {donor.name}->{model.name}" if progress else None
     if transfer == "head_output":

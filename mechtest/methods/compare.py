@@ -195,8 +195,11 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
 
     base_hits = _hits(base, data, cache, {}, lambda: correct(base, data, batch_size=batch_size,
                                                              progress=label("accuracy", base)))
-    cand_hits = _hits(candidate, data, cache, {}, lambda: correct(candidate, data, batch_size=batch_size,
-                                                                  progress=label("accuracy", candidate)))
+    # the candidate's accuracy comes out of CMAP's pass over it (its run reads the circuit heads' outputs anyway)
+    donor_hits: list = []
+    cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress,
+                             donor_hits=donor_hits)
+    cand_hits = _hits(candidate, data, cache, {}, lambda: np.concatenate(donor_hits))
 
     def faithful(model, hits) -> Measurement | None:
         if hits.mean() == 0:
@@ -210,7 +213,6 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
         return ratio("faithfulness", circ, hits, seed=seed, model=model.name, circuit=circuit.name,
                      circuit_accuracy=float(circ.mean()), model_accuracy=float(hits.mean()))
 
-    cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress)
     gain = difference("accuracy_difference", cand_hits, base_hits, seed=seed)
     explained = cmap_explained(base_hits, cand_hits, cmap_hits, seed=seed) if gain.ci_low > 0 else None
     share_data = data if share_prompts is None or share_prompts >= len(data) else data[:share_prompts]
