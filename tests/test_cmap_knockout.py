@@ -9,14 +9,15 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mechtest.errors import CircuitError, HeadIndexError, MechtestError
 from mechtest.heads import hooked, run_and_read, zero_heads
 from mechtest.errors import ModelMismatchError
-from mechtest.methods.cmap import check_compatible, cmap
-from mechtest.methods.evaluation import accuracy
+from mechtest.methods.cmap import check_compatible, cmap, cmap_correct
+from mechtest.methods.evaluation import accuracy, correct
 from mechtest.methods.knockout import _mask_hook, attention_knockout, edge_positions, knocked_out
 from mechtest.model import load_model
 from mechtest.tasks.entity_tracking import make_dataset
@@ -73,11 +74,6 @@ def test_cmap_restores_a_copy_with_disabled_heads(planted, data):
 
 def test_cmap_reports_the_donors_own_correctness_from_the_same_pass(planted, data):
     """The zoo's base answers about two thirds of 7-box prompts: its hits from CMAP's pass must be its own."""
-    import numpy as np
-
-    from mechtest.methods.cmap import cmap_correct
-    from mechtest.methods.evaluation import correct
-
     donor = load_model(ZOO / "base", name="base")
     expected = correct(donor, data)
     assert 0.2 < expected.mean() < 0.95

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from tools.real.common import FIXTURES
@@ -52,10 +53,7 @@ def write_report(results: dict, path: Path) -> None:
 def readme_table(results: dict) -> str:
     """The README's verdict table: base rows, then every control at every seed, surprises in bold."""
     n = results["n_prompts"]
-
-    def _short(x, of=None):
-        return _m(x, of, places=2)
-
+    _short = partial(_m, places=2)
     lines = ["| model | seed | accuracy | base circuit's faithfulness in it | value fetchers' share | CMAP explained "
              "| verdict (expected) | seconds |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, b in sorted(results["base"].items()):
