@@ -19,7 +19,7 @@ from pathlib import Path
 from mechtest.errors import CircuitError, TaskError
 from mechtest.spec import GROUP_POSITION, GROUPS  # noqa: F401  (entity tracking's, re-exported)
 from mechtest.tasks.base import DEFAULT_TASK
-from mechtest.tasks.registry import get_task
+from mechtest.tasks.registry import get_task, task_of
 
 PAPER_CIRCUITS = ("llama", "goat", "float")
 SHAPE_KEY = "found_on"  # {"n_layers": L, "n_heads": H, "model_type": "llama"}: where the circuit was found
@@ -235,3 +235,11 @@ def candidate_circuit(scores: Mapping[str, object], sizes: Mapping[str, int], ta
             later = set(groups[step.group])
             groups[step.previous] = tuple(h for h in groups[step.previous] if h not in later)
     return Circuit({g: groups.get(g, ()) for g in spec.groups}, "candidate", task=task)
+
+
+def node_positions(dataset, group: str):
+    """Where a node of ``group`` acts in every row: its group's position class in the prompts' task."""
+    task = task_of(dataset)
+    if group not in task.group_position:
+        raise CircuitError(f"group {group!r} is not a group of task {task.name!r} ({', '.join(task.groups)})")
+    return task.position(dataset, task.group_position[group])

@@ -23,8 +23,7 @@ import torch
 from mechtest.errors import CircuitError, MechtestError
 from mechtest.forward import dataset_logits, last_logits
 from mechtest.heads import attention_module, hooked, masked_replace, record
-from mechtest.methods.circuits import Circuit, load_circuit
-from mechtest.methods.evaluation import node_positions
+from mechtest.methods.circuits import Circuit, load_circuit, node_positions
 from mechtest.measure import Measurement, proportion
 
 from mechtest.errors import ModelMismatchError

@@ -173,7 +173,7 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     model), and the check then names the prompts it used.
     """
     from mechtest.methods.discovery import discover_circuit
-    from mechtest.methods.evaluation import ablation_edits, ablation_means, correct
+    from mechtest.methods.evaluation import ablation_means, circuit_correct, correct
     from mechtest.methods.fetcher_share import fetcher_share
     spec = get_task(task)
     check_compatible(base, candidate)
@@ -206,10 +206,8 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
             return None
         means = ablation_means(model, reference, batch_size=batch_size, cache=cache, progress=progress)
         run = {"keep": [list(n) for n in circuit.nodes], "reference": _digest(reference.input_ids)}
-        edits = ablation_edits(model, data, means, keep=circuit)
-        circ = _hits(model, data, cache, run, lambda: correct(model, data, batch_size=batch_size,
-                                                              edits_for_batch=edits,
-                                                              progress=label("circuit accuracy", model)))
+        circ = _hits(model, data, cache, run, lambda: circuit_correct(model, circuit, data, means, batch_size=batch_size,
+                                                                      progress=label("circuit accuracy", model)))
         return ratio("faithfulness", circ, hits, seed=seed, model=model.name, circuit=circuit.name,
                      circuit_accuracy=float(circ.mean()), model_accuracy=float(hits.mean()))
 

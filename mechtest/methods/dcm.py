@@ -23,8 +23,7 @@ from mechtest.errors import CircuitError, TaskError
 from mechtest.compat import accepts_logits_to_keep
 from mechtest.forward import dataset_logits, progress_bar
 from mechtest.heads import check_heads, hooked, run_and_read, set_heads
-from mechtest.methods.circuits import GROUPS, Circuit, load_circuit
-from mechtest.methods.evaluation import node_positions
+from mechtest.methods.circuits import GROUPS, Circuit, load_circuit, node_positions
 from mechtest.measure import Measurement, proportion
 
 Head = tuple[int, int]

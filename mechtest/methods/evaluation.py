@@ -18,7 +18,7 @@ from mechtest.errors import MechtestError
 from mechtest.forward import dataset_logits
 from mechtest.heads import masked_replace, run_and_read
 from mechtest.measure import Measurement, proportion, ratio, statistic
-from mechtest.methods.circuits import Circuit, random_circuit
+from mechtest.methods.circuits import Circuit, node_positions, random_circuit
 from mechtest.tasks.registry import task_of
 
 Node = tuple[str, int, int]
@@ -65,14 +65,6 @@ def ablation_means(model, reference, *, batch_size: int = 50, cache=None, progre
     return means.to(model.device, model.dtype)
 
 
-def node_positions(dataset, group: str) -> torch.Tensor:
-    """Where a node of ``group`` acts in every row: its group's position class in the prompts' task."""
-    task = task_of(dataset)
-    if group not in task.group_position:
-        raise MechtestError(f"group {group!r} is not a group of task {task.name!r} ({', '.join(task.groups)})")
-    return task.position(dataset, task.group_position[group])
-
-
 def ablation_edits(model, dataset, means: torch.Tensor, *, keep: Circuit | None = None,
                    ablate: Iterable[Node] | None = None):
     """Edits for one batch slice: mean-ablate everything but ``keep``'s nodes, or only ``ablate``'s nodes."""
@@ -98,9 +90,21 @@ def ablation_edits(model, dataset, means: torch.Tensor, *, keep: Circuit | None 
     return for_batch
 
 
-def circuit_correct(model, circuit: Circuit, dataset, means, *, batch_size: int = 50) -> np.ndarray:
+def circuit_correct(model, circuit: Circuit, dataset, means, *, batch_size: int = 50,
+                    progress: str | None | bool = True) -> np.ndarray:
+    """Per prompt: is the circuit run (every head but ``circuit``'s nodes mean-ablated) right?
+
+    Prompts of one layout take :mod:`~mechtest.methods.circuit_run` (only the positions that can matter run
+    with attention); padded ones the plain masked run. Both give the same answers (tested)."""
+    from mechtest.methods.circuit_run import circuit_logits
+
+    label = f"circuit {circuit.name}" if progress is True else progress or None
+    if bool(dataset.attention_mask.bool().all()):
+        circuit.for_task(task_of(dataset).name)
+        logits = circuit_logits(model, circuit, dataset, means, batch_size=batch_size, progress=label)
+        return (logits.argmax(-1) == dataset.answer_ids).numpy()
     return correct(model, dataset, batch_size=batch_size, edits_for_batch=ablation_edits(model, dataset, means, keep=circuit),
-                   progress=f"circuit {circuit.name}")
+                   progress=label)
 
 
 def faithfulness(model, circuit: Circuit, dataset, reference, *, batch_size: int = 50, seed: int = 0,
@@ -145,8 +149,7 @@ def completeness(model, circuit: Circuit, dataset, reference, *, mode: str = "ra
         raise MechtestError(f"unknown completeness mode {mode!r}; use 'random' or 'group'")
     circ, full = [], []
     for k in subsets:
-        circ.append(correct(model, dataset, batch_size=batch_size,
-                            edits_for_batch=ablation_edits(model, dataset, means, keep=circuit.without(k))))
+        circ.append(circuit_correct(model, circuit.without(k), dataset, means, batch_size=batch_size))
         full.append(correct(model, dataset, batch_size=batch_size,
                             edits_for_batch=ablation_edits(model, dataset, means, ablate=k)))
     n_k = len(subsets)
