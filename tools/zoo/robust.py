@@ -157,6 +157,28 @@ def make_base(ctx, *, variant: str = "planted", noise_seed: int = 1, scale: floa
     return model, curve
 
 
+def soften_into_band(model, ctx, heads=None, band=(0.63, 0.72), tries: int = 12, log=print):
+    """A converged model made imperfect by a structural change: the query weights of ``heads`` (all when None)
+    times the factor that puts 7-box accuracy in ``band`` (bisection; blurrier attention, which a fine-tune
+    only has to sharpen back). Returns (model, factor) or (None, None) when no factor lands in the band."""
+    lo, hi = 0.0, 1.0
+    for _ in range(tries):
+        f = (lo + hi) / 2
+        m = _copy(model)
+        with torch.no_grad():
+            for i, (attn, q, _, _) in enumerate(_heads(m)):
+                per_layer = attn.c_attn.weight.shape[1] // 3 // HEAD_DIM
+                if heads is None or (i // per_layer, i % per_layer) in heads:
+                    attn.c_attn.weight[:, q] *= f
+                    attn.c_attn.bias[q] *= f
+        a = accuracy(m, ctx.valid)
+        log(f"  queries x{f:.4f}: valid{N_BOXES} {a:.3f}")
+        if band[0] <= a <= band[1]:
+            return m, f
+        lo, hi = (f, hi) if a < band[0] else (lo, f)
+    return None, None
+
+
 def _copy(model):
     import copy
 
@@ -233,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boxes", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7], help="make: box counts trained")
     p.add_argument("--steps", type=int, default=600, help="make: most training steps")
     p.add_argument("--no-band", action="store_true", help="make: train all --steps (no stop in the band)")
+    p.add_argument("--soften-after", help="make (with --no-band): then scale the queries of this planted role's "
+                   "head, or 'all' heads, into the band (soften_into_band)")
     p.add_argument("--save", help="make: write the base candidate here")
     p.add_argument("--balance", action="store_true", help="balance the per-head scales first")
     p.add_argument("--scale", type=float, default=1.0, help="then multiply the residual stream by this")
@@ -250,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                                   scale=args.make_scale, soften=args.soften,
                                   boxes=tuple(args.boxes), steps=args.steps,
                                   band=None if args.no_band else (0.63, 0.72))
+        if args.soften_after:
+            heads = None if args.soften_after == "all" else [planted_heads("planted")[args.soften_after]]
+            model, _ = soften_into_band(model, ctx, heads)
+            if model is None:
+                print("no query scale puts the model in the band")
+                return 1
         if args.save:
             model.save_pretrained(args.save)
             ctx.tok.save_pretrained(args.save)
