@@ -1,10 +1,12 @@
 """What one verdict of the real tier costs, as a user runs it: ``pytest`` on a claim, in a fresh process.
 
-    python benchmarks/real_verdict.py [--claim verdict-benign-qv-r8-lr2e-4] [--discover]
+    python benchmarks/real_verdict.py [--claim verdict-benign-qv-r8-lr2e-4] [--then verdict-rerouted-vf-pt-b]
+                                      [--discover]
 
 Needs the fetched model (``python -m tools.real fetch``). Times, each a fresh pytest process on a fresh result
 cache: the claim as shipped (recorded base circuit); the same claim again on that cache (a warm rerun: it must
-load no model); with ``--discover``, the claim without its recorded circuit (the base and the candidate are
+load no model); another adapter's claim on that cache (``--then``: the base's runs are cached, as for every
+verdict after a base's first); with ``--discover``, the claim without its recorded circuit (the base and the candidate are
 discovered on ``discover_prompts``). The GGUF's dequantised copy is cached outside the result cache
 (``$MECHTEST_GGUF_CACHE``): the first run ever also pays the conversion, which the output names.
 """
@@ -39,6 +41,8 @@ def run(target: str, claim: str, cache: Path) -> tuple[float, str, bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claim", default="verdict-benign-qv-r8-lr2e-4")
+    parser.add_argument("--then", default="verdict-rerouted-vf-pt-b",
+                        help="another claim run next on the same cache (the base's runs cached); '' to skip")
     parser.add_argument("--discover", action="store_true", help="also time the claim with base discovery")
     args = parser.parse_args()
     if not (REPO / ".real" / "qwen" / "model.gguf").is_file():
@@ -50,6 +54,9 @@ def main() -> None:
         warm = run(shipped, args.claim, cache)
         print(f"recorded base circuit, cold: {cold[0]:7.1f} s  ({cold[1]})")
         print(f"same claim, warm rerun:      {warm[0]:7.1f} s  (a model loaded: {warm[2]})")
+        if args.then:
+            then = run(shipped, args.then, cache)
+            print(f"next adapter, base cached:   {then[0]:7.1f} s  ({then[1]})")
         if args.discover:
             text = (SUITE / "verdicts.claims.toml").read_text()
             block = next(b for b in text.split("[[claim]]") if f'"{args.claim}"' in b)
