@@ -49,3 +49,20 @@ def test_relative_noise_has_the_requested_size_per_tensor(planted_and_batch):
     for (name, p), q in zip(model.named_parameters(), noised.parameters()):
         if p.numel() >= 10_000:
             assert (q - p).std().item() == pytest.approx(0.01 * p.std().item(), rel=0.05), name
+
+
+def test_soften_into_band_scales_only_the_named_heads_queries_into_the_band(planted_and_batch):
+    from tools.zoo.fallback import _Ctx, accuracy
+    from tools.zoo.planted import planted_heads
+
+    model, _ = planted_and_batch
+    ctx = _Ctx()
+    head = planted_heads("planted")["value_fetcher"]
+    softened, factor = robust.soften_into_band(model, ctx, [head], band=(0.4, 0.8), log=lambda *a: None)
+    assert softened is not None and 0 < factor < 1
+    assert 0.4 <= accuracy(softened, ctx.valid) <= 0.8
+    for i, ((a0, q, k, v), (a1, *_)) in enumerate(zip(robust._heads(model), robust._heads(softened))):
+        w0, w1 = a0.c_attn.weight, a1.c_attn.weight
+        same = torch.equal(w0[:, q], w1[:, q])
+        assert same != ((i // 4, i % 4) == head)
+        assert torch.equal(w0[:, k], w1[:, k]) and torch.equal(w0[:, v], w1[:, v])

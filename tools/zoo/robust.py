@@ -84,11 +84,12 @@ def scale_residual(model, g: float) -> None:
 
 def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6, 7), batch: int = 32,
           every: int = 10, stop_at: float | None = None, frozen=(), wd: float = 0.0, noise: float = 0.0, band=None,
-          log=print) -> list:
+          mix: bool = False, log=print) -> list:
     """AdamW on make_batch sequences (every query supervised); returns [(step, 7-box valid accuracy)].
 
     ``noise`` > 0 trains on noise-perturbed weights (each step's gradient taken at ``w + N(0, noise * std)``, the
-    update applied to ``w``): a flat-minimum regulariser.
+    update applied to ``w``): a flat-minimum regulariser. ``mix``: each sequence of a batch draws its own box
+    count (else one count per batch).
     """
     import torch.nn.functional as F
 
@@ -100,8 +101,11 @@ def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6,
     curve = [(0, accuracy(model, ctx.valid))]
     for step in range(1, steps + 1):
         model.train()
-        k = boxes[int(torch.randint(len(boxes), (1,), generator=gen))]
-        x, pos, ans = make_batch(ctx.ids, gen, batch, k, 2)
+        if mix:  # every batch a mixture: each sequence draws its own box count (one sub-batch per count)
+            drawn = torch.tensor(boxes)[torch.randint(len(boxes), (batch,), generator=gen)]
+            parts = [(int(k), int((drawn == k).sum())) for k in boxes if (drawn == k).any()]
+        else:
+            parts = [(boxes[int(torch.randint(len(boxes), (1,), generator=gen))], batch)]
         saved = None
         if noise:
             saved = [p.detach().clone() for p in model.parameters()]
@@ -109,11 +113,13 @@ def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6,
                 for p in model.parameters():
                     if p.numel() > 1:
                         p.add_(torch.randn(p.shape, generator=ngen) * (noise * float(p.std())))
-        h = model.transformer(input_ids=x).last_hidden_state
-        logits = model.lm_head(h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ans.reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for k, size in parts:
+            x, pos, ans = make_batch(ctx.ids, gen, size, k, 2)
+            h = model.transformer(input_ids=x).last_hidden_state
+            logits = model.lm_head(h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ans.reshape(-1))
+            (loss * size / batch).backward()
         if saved:
             with torch.no_grad():
                 for p, s in zip(model.parameters(), saved):
@@ -187,7 +193,7 @@ def _copy(model):
 
 def probe(model, ctx, *, circuit, noise_seeds=(0, 1, 2), r: float = 0.01, lrs=(1e-4, 3e-4), ft_steps: int = 200,
           reroute_steps: int = 300, reroute_lr: float = 3e-4, move: bool = True, ft_seeds=(50,),
-          log=print) -> dict:
+          mix: bool = False, log=print) -> dict:
     """Every robustness number of the module docstring for one model (``circuit``: heads to reroute)."""
     t0 = time.time()
     acc0 = accuracy(model, ctx.valid)
@@ -201,7 +207,7 @@ def probe(model, ctx, *, circuit, noise_seeds=(0, 1, 2), r: float = 0.01, lrs=(1
     for lr, s in ((lr, s) for lr in lrs for s in ft_seeds):
         m = _copy(model)
         log(f"  AdamW lr {lr:g} data seed {s}")
-        curve = train(m, ctx, lr=lr, seed=s, steps=ft_steps, stop_at=0.9, log=log)
+        curve = train(m, ctx, lr=lr, seed=s, steps=ft_steps, stop_at=0.9, mix=mix, log=log)
         out["finetunes"][f"{lr:g}/{s}"] = {"min": min(a for _, a in curve), "final": curve[-1][1], "steps": curve[-1][0],
                                 "curve": curve, "model": m}
     if reroute_steps:
@@ -263,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verdicts", action="store_true", help="compare() the noised model and the fine-tunes")
     p.add_argument("--ft-steps", type=int, default=200)
     p.add_argument("--ft-seeds", type=int, nargs="*", default=[50], help="data seeds of the fine-tunes")
+    p.add_argument("--mix", action="store_true", help="fine-tunes: each sequence draws its own box count")
     p.add_argument("--lrs", type=float, nargs="*", default=[1e-4, 3e-4], help="fine-tune learning rates")
     p.add_argument("--reroute-steps", type=int, default=300)
     p.add_argument("--json", help="write the numbers here")
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_residual(model, args.scale)
     circ = sorted(planted_heads("planted").values())
     res = probe(model, ctx, circuit=circ, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps,
-                ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs))
+                ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs), mix=args.mix)
     for k, f in res["finetunes"].items():
         print(f"fine-tune {k}: lowest {f['min']:.3f} (start {res['valid_accuracy']:.3f}), final {f['final']:.3f} "
               f"after {f['steps']} steps")
