@@ -16,10 +16,12 @@ from tiny_models import ARCH_NAMES, save_tiny
 GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
 
 
-def _circuit(model, seed: int) -> Circuit:
-    seedling = Circuit({g: [(0, 0)] * 0 + [(seed % model.n_layers, g_i % model.n_heads)]
-                        for g_i, g in enumerate(GROUPS)}, name="seed")
-    return random_circuit(seedling, model.n_layers, model.n_heads, seed)
+def _circuits(model) -> list[Circuit]:
+    """Random circuits of two heads per group, and one with the same head in every group (a node per position)."""
+    seedling = Circuit({g: [(0, 0), (0, 1 % model.n_heads)] for g in GROUPS}, name="seed")
+    shared = (model.n_layers - 1, model.n_heads - 1)
+    return [random_circuit(seedling, model.n_layers, model.n_heads, seed) for seed in range(3)] + \
+        [Circuit({g: [shared] for g in GROUPS}, name="shared")]
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
@@ -27,8 +29,7 @@ def test_the_circuit_run_equals_the_plain_masked_run_on_every_architecture(arch,
     model = load_model(save_tiny(arch, tmp_path), device="cpu")
     data = make_dataset(model.tokenizer, 9, n_boxes=3, seed=0)
     means = ablation_means(model, mean_ablation_set(model.tokenizer, 9, n_boxes=3, seed=1), progress=False)
-    for seed in range(3):
-        circuit = _circuit(model, seed)
+    for circuit in _circuits(model):
         plain = dataset_logits(model, data, batch_size=4, edits_for_batch=ablation_edits(model, data, means,
                                                                                           keep=circuit))
         fast = circuit_logits(model, circuit, data, means, batch_size=4)
