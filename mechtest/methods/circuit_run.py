@@ -25,7 +25,9 @@ ROWS = 1024  # one-token rows per forward pass
 
 def circuit_logits(model, circuit: Circuit, dataset, means: torch.Tensor, *, batch_size: int = 50,
                    progress: str | None = None) -> torch.Tensor:
-    """(n, vocab) float32 logits at the last position with every head but ``circuit``'s nodes mean-ablated."""
+    """(n, vocab) float32 logits at the last position with every head but ``circuit``'s nodes mean-ablated.
+
+    ``progress`` labels two lines, each shown only when its phase runs long: the shared rows, then the prompts."""
     check_fits(model, dataset)
     circuit.check(model)
     ids, last = dataset.input_ids, dataset.last_pos
@@ -40,11 +42,10 @@ def circuit_logits(model, circuit: Circuit, dataset, means: torch.Tensor, *, bat
     for i, (q, o) in enumerate(zip(queries, others)):
         by_shape.setdefault((len(q), len(o)), []).append(i)
     keep = {tuple(n) for n in circuit.nodes}
-    for rows in by_shape.values():
-        for s0 in range(0, len(rows), batch_size):
-            part = rows[s0:s0 + batch_size]
-            out[part] = _query_run(model, ids, part, [queries[i] for i in part], [others[i] for i in part],
-                                   table, index, means, keep, at).cpu()
+    parts = [rows[s0:s0 + batch_size] for rows in by_shape.values() for s0 in range(0, len(rows), batch_size)]
+    for part in progress_bar(parts, progress, len(parts)):
+        out[part] = _query_run(model, ids, part, [queries[i] for i in part], [others[i] for i in part],
+                               table, index, means, keep, at).cpu()
     return out
 
 
