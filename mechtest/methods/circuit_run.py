@@ -19,6 +19,7 @@ from mechtest.forward import check_fits, progress_bar
 from mechtest.heads import hooked, masked_replace
 from mechtest.methods.circuits import Circuit, node_positions
 from mechtest.methods.path_patching.batch import StopForward, constant, fused_attention, stop_forward
+from mechtest.tasks.registry import task_of
 
 ROWS = 1024  # one-token rows per forward pass
 
@@ -30,12 +31,13 @@ def circuit_logits(model, circuit: Circuit, dataset, means: torch.Tensor, *, bat
     ``progress`` labels two lines, each shown only when its phase runs long: the shared rows, then the prompts."""
     check_fits(model, dataset)
     circuit.check(model)
+    circuit.for_task(task_of(dataset).name)
     ids, last = dataset.input_ids, dataset.last_pos
     seq = ids.shape[1]
     at = {g: node_positions(dataset, g) for g in circuit.group_names if circuit.heads(g)}
     queries = [sorted({int(p[i]) for p in at.values() if int(p[i]) <= int(last[i])} | {int(last[i])})
                for i in range(len(dataset))]
-    others = [[j for j in range(int(last[i])) if j not in set(q)] for i, q in enumerate(queries)]
+    others = [sorted(set(range(int(last[i]))) - set(q)) for i, q in enumerate(queries)]
     table, index = _token_rows(model, ids, others, means[:, :seq], progress)
     out = torch.empty(len(dataset), model.vocab_size)
     by_shape: dict[tuple[int, int], list[int]] = {}
@@ -65,7 +67,7 @@ def _token_rows(model, ids, others, means, progress):
         token, position = chunk[:, :1], chunk[:, 1:]
         edits = {("head_out", l): constant(means[l, chunk[:, 1]][:, None]) for l in range(model.n_layers)}
         edits[("head_out", model.n_layers - 1)] = [edits[("head_out", model.n_layers - 1)], stop_forward]
-        cache = _empty_cache()
+        cache = make_cache([])
         try:  # the last layer's keys and values are in the cache once its heads have run
             with torch.no_grad(), hooked(model, edits):
                 model.hf(input_ids=token, position_ids=position, use_cache=True, **{cache_kwarg(model): cache})
@@ -103,9 +105,3 @@ def _query_run(model, ids, rows, queries, others, table, index, means, keep, at)
         out = model.hf(input_ids=tokens, position_ids=q_pos, attention_mask=mask, use_cache=bool(n_o),
                        **cache, **kwargs)
     return out.logits[:, -1].float()
-
-
-def _empty_cache():
-    from transformers import DynamicCache
-
-    return DynamicCache()

@@ -100,7 +100,6 @@ def circuit_correct(model, circuit: Circuit, dataset, means, *, batch_size: int 
 
     label = f"circuit {circuit.name}" if progress is True else progress or None
     if bool(dataset.attention_mask.bool().all()):
-        circuit.for_task(task_of(dataset).name)
         logits = circuit_logits(model, circuit, dataset, means, batch_size=batch_size, progress=label)
         return (logits.argmax(-1) == dataset.answer_ids).numpy()
     return correct(model, dataset, batch_size=batch_size, edits_for_batch=ablation_edits(model, dataset, means, keep=circuit),
