@@ -104,6 +104,15 @@ class ActivationCache:
 
     # ---------------------------------------------------------- get / compute
 
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The cached tensors for ``key`` if a valid file holds them, else None (nothing is computed)."""
+        if not self.enabled:
+            return None
+        cached = self._read(self.path_for(key), key)
+        if cached is not None:
+            self.stats.hits += 1
+        return cached
+
     def get_or_compute(
         self, key: str, compute: Callable[[], Mapping[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:

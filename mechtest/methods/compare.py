@@ -173,7 +173,7 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     model), and the check then names the prompts it used.
     """
     from mechtest.methods.discovery import discover_circuit
-    from mechtest.methods.evaluation import ablation_means, circuit_correct, correct
+    from mechtest.methods.evaluation import ablation_means, circuit_correct
     from mechtest.methods.fetcher_share import fetcher_share
     spec = get_task(task)
     check_compatible(base, candidate)
@@ -193,12 +193,15 @@ def compare(base, candidate, *, n_prompts: int = 200, n_boxes: int = 7, seed: in
     def label(what: str, model) -> str | None:  # a progress line, shown only for a step that runs long
         return f"{what} {model.name}" if progress else None
 
-    base_hits = _hits(base, data, cache, {}, lambda: correct(base, data, batch_size=batch_size,
-                                                             progress=label("accuracy", base)))
-    # the candidate's accuracy comes out of CMAP's pass over it (its run reads the circuit heads' outputs anyway)
+    # both models' accuracies come out of CMAP's passes: the candidate's run reads the circuit heads' outputs
+    # anyway, and the base's clean run is the prefix its patched run continues (unless the base's are cached)
+    known = None if cache is None else cache.get(_hits_key(base, data, cache, {}))
     donor_hits: list = []
+    own_hits: list | None = None if known is not None else []
     cmap_hits = cmap_correct(base, candidate, data, circuit=circuit, batch_size=batch_size, progress=progress,
-                             donor_hits=donor_hits)
+                             donor_hits=donor_hits, own_hits=own_hits)
+    base_hits = known["hits"].numpy() if known is not None else \
+        _hits(base, data, cache, {}, lambda: np.concatenate(own_hits))
     cand_hits = _hits(candidate, data, cache, {}, lambda: np.concatenate(donor_hits))
 
     def faithful(model, hits) -> Measurement | None:
@@ -240,9 +243,13 @@ def _hits(model, data, cache, what: dict, compute) -> np.ndarray:
     answers and ``what`` else the run depends on: a base's plain and circuit runs are shared by every candidate."""
     if cache is None:
         return compute()
-    key = cache.key(fingerprint=model.fingerprint, inputs=data.input_ids, site="correct", dtype=model.dtype,
-                    extra={"answers": _digest(data.answer_ids), **what})
+    key = _hits_key(model, data, cache, what)
     return cache.get_or_compute(key, lambda: {"hits": torch.as_tensor(compute())})["hits"].numpy()
+
+
+def _hits_key(model, data, cache, what: dict) -> str:
+    return cache.key(fingerprint=model.fingerprint, inputs=data.input_ids, site="correct", dtype=model.dtype,
+                     extra={"answers": _digest(data.answer_ids), **what})
 
 
 def _digest(tensor: torch.Tensor) -> str:
