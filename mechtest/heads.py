@@ -135,12 +135,25 @@ def run_and_read(
     for site in sites:
         for layer in layers:
             all_edits[(site, layer)].append(record(store, (site, layer)))
+    if "head_out" in sites and layers:  # a layer's head outputs are its last site: nothing after them is read
+        all_edits[("head_out", max(layers))].append(stop_forward)
     # nothing here reads logits: one position's (the fewest allowed) instead of a vocabulary-wide row per token
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    with torch.no_grad(), hooked(model, all_edits):
-        model.hf(input_ids=input_ids.to(model.device), attention_mask=_mask(attention_mask, model), use_cache=False,
-                 **keep)
+    try:
+        with torch.no_grad(), hooked(model, all_edits):
+            model.hf(input_ids=input_ids.to(model.device), attention_mask=_mask(attention_mask, model),
+                     use_cache=False, **keep)
+    except StopForward:
+        pass
     return store
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass whose remaining layers cannot matter."""
+
+
+def stop_forward(x):
+    raise StopForward
 
 
 def read_residual(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

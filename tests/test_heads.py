@@ -136,3 +136,19 @@ def test_every_quirk_is_in_the_vocabulary():
     for spec in ARCHITECTURES:
         assert spec.quirks <= QUIRKS.keys(), spec.name
     assert {spec.name for spec in ARCHITECTURES} == set(ARCH_NAMES)
+
+
+def test_reading_head_outputs_stops_after_the_last_layer_read(model, ids):
+    """run_and_read ends the pass once the highest layer asked for has its head outputs: the same values, and
+    no later layer runs (the hooks are gone afterwards)."""
+    full = run_and_read(model, ids)
+    ran = []
+    handle = attention_module(model, 1).register_forward_hook(lambda *a: ran.append(True))
+    try:
+        low = run_and_read(model, ids, layers=[0])
+        everything = run_and_read(model, ids)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(low[("head_out", 0)], full[("head_out", 0)], rtol=0, atol=0)
+    assert list(low) == [("head_out", 0)] and len(ran) == 1  # only the full read reached layer 1
+    assert all(torch.equal(everything[k], full[k]) for k in full)

@@ -16,9 +16,9 @@ import torch
 
 from mechtest.compat import accepts_logits_to_keep, cache_kwarg, cache_tensors, make_cache
 from mechtest.forward import check_fits, progress_bar
-from mechtest.heads import hooked, masked_replace
+from mechtest.heads import StopForward, hooked, masked_replace, stop_forward
 from mechtest.methods.circuits import Circuit, node_positions
-from mechtest.methods.path_patching.batch import StopForward, constant, fused_attention, stop_forward
+from mechtest.methods.path_patching.batch import constant, fused_attention
 from mechtest.tasks.registry import task_of
 
 ROWS = 1024  # one-token rows per forward pass

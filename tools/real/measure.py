@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out, results)
             r = row["seeds"][str(seed)]
             log(f"{name} seed {seed}: {r['verdict']} (expected {row['expected']}); {r['checks']}")
-    from tools.real.report import write_report
+    from tools.real import report
 
-    write_report(results, args.out.with_name("MEASUREMENTS.md"))
-    return 0
+    return report.main([])

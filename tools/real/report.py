@@ -1,6 +1,10 @@
-"""fixtures/real/MEASUREMENTS.md and the README's table from measurements.json: one row per model and seed.
+"""fixtures/real/MEASUREMENTS.md and the README's tables from measurements.json: one row per model and seed.
 
     python -m tools.real report [--readme]   # rewrite MEASUREMENTS.md; --readme prints the README's rows
+
+A verdict the gate could not decide on the table's prompts may be measured again on as many as its report
+asked for (``python -m tools.real measure --prompts N --controls NAME --skip-base --out fixtures/real/decided.json``):
+those rows follow in a table of their own, at their prompt count.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ def _m(x, of: int | None = None, places: int = 3) -> str:
     return f"{x['value']:.{places}f} [{x['ci'][0]:.{places}f}, {x['ci'][1]:.{places}f}]{subset}"
 
 
-def write_report(results: dict, path: Path) -> None:
+DECIDED = FIXTURES / "decided.json"  # controls measured again on more prompts
+
+
+def write_report(results: dict, path: Path, decided: dict | None = None) -> None:
     sizes = "/".join(str(v) for v in results["circuit_sizes"].values())
     lines = [
         "# The gate on Qwen2.5-Coder-0.5B-Instruct (real weights)",
@@ -47,16 +54,25 @@ def write_report(results: dict, path: Path) -> None:
     for name, row in results["controls"].items():
         for seed, r in sorted(row["seeds"].items()):
             lines.append(f"- {name}, seed {seed}: {r['reason']}")
+    if decided:
+        lines += ["", f"## Measured again on {decided['n_prompts']} prompts (undecided on {results['n_prompts']})", "",
+                  readme_table(decided, base=False), ""]
+        seeds = {seed: r for row in decided["controls"].values() for seed, r in row["seeds"].items()}
+        lines += [f"- base, seed {seed}, {decided['n_prompts']} prompts: accuracy {_m(r['base_accuracy'])}, base circuit's "
+                  f"faithfulness {_m(r['base_faithfulness'])}" for seed, r in sorted(seeds.items())]
+        for name, row in decided["controls"].items():
+            for seed, r in sorted(row["seeds"].items()):
+                lines.append(f"- {name}, seed {seed}, {decided['n_prompts']} prompts: {r['reason']}")
     path.write_text("\n".join(lines) + "\n")
 
 
-def readme_table(results: dict) -> str:
-    """The README's verdict table: base rows, then every control at every seed, surprises in bold."""
+def readme_table(results: dict, base: bool = True) -> str:
+    """The README's verdict table: base rows (``base``), then every control at every seed, surprises in bold."""
     n = results["n_prompts"]
     _short = partial(_m, places=2)
     lines = ["| model | seed | accuracy | base circuit's faithfulness in it | value fetchers' share | CMAP explained "
              "| verdict (expected) | seconds |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for seed, b in sorted(results["base"].items()):
+    for seed, b in sorted(results["base"].items()) if base else ():
         lines.append(f"| base | {seed} | {_short(b['accuracy'])} | {_short(b['faithfulness'])} (random circuits "
                      f"{_short(b['random_circuits'])}) | - | - | - | - |")
     for name, row in results["controls"].items():
@@ -75,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="print the README's table instead")
     args = parser.parse_args(argv)
     results = json.loads(args.measurements.read_text())
+    decided = json.loads(DECIDED.read_text()) if DECIDED.is_file() else None
     if args.readme:
         print(readme_table(results))
+        if decided:
+            print(f"\nMeasured again on {decided['n_prompts']} prompts:\n\n{readme_table(decided, base=False)}")
     else:
-        write_report(results, args.measurements.with_name("MEASUREMENTS.md"))
+        write_report(results, args.measurements.with_name("MEASUREMENTS.md"), decided)
     return 0

@@ -103,14 +103,6 @@ def start_at_layer(model, layer: int, hidden: torch.Tensor):
             config.layer_types = types[key]
 
 
-class StopForward(Exception):
-    """Raised from a hook to end a forward pass whose remaining layers cannot matter."""
-
-
-def stop_forward(x):
-    raise StopForward
-
-
 def constant(values: torch.Tensor):
     """An edit that replaces the view by ``values`` (broadcast)."""
 

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from mechtest.compat import accepts_logits_to_keep, cache_kwarg
-from mechtest.heads import hooked, record
-from mechtest.methods.path_patching.batch import (BatchContext, StopForward, constant,
-                                                  fused_attention, prefix_cache, receiver_layers,
-                                                  receivers_by_layer, start_at_layer, stop_forward)
+from mechtest.heads import StopForward, hooked, record, stop_forward
+from mechtest.methods.path_patching.batch import (BatchContext, constant, fused_attention, prefix_cache,
+                                                  receiver_layers, receivers_by_layer, start_at_layer)
 
 if TYPE_CHECKING:
     from mechtest.methods.path_patching.core import Step
