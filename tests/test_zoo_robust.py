@@ -42,6 +42,17 @@ def test_balance_and_residual_scale_keep_the_function_and_balance_each_head(plan
     assert not torch.allclose(changed.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
 
 
+def test_magnify_keeps_the_function_and_moves_the_layernorm_scale_into_the_matrices(planted_and_batch):
+    model, x = planted_and_batch
+    before = _logits(model, x)
+    changed = robust._copy(model)
+    robust.magnify(changed, 16.0)
+    torch.testing.assert_close(_logits(changed, x), before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
+    for old, new in zip(model.transformer.h, changed.transformer.h):
+        assert new.mlp.c_fc.weight.norm().item() == pytest.approx(16 * old.mlp.c_fc.weight.norm().item(), rel=1e-5)
+        assert new.ln_1.weight.norm().item() == pytest.approx(old.ln_1.weight.norm().item() / 16, rel=1e-5)
+
+
 def test_relative_noise_has_the_requested_size_per_tensor(planted_and_batch):
     model, _ = planted_and_batch
     noised = robust._copy(model)

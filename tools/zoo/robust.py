@@ -82,6 +82,19 @@ def scale_residual(model, g: float) -> None:
                 lin.bias.mul_(g)
 
 
+def magnify(model, s: float) -> None:
+    """Move every block's LayerNorm gain and bias into the matrix that reads it: ln_1 and ln_2 divided by ``s``,
+    ``c_attn`` and ``mlp.c_fc`` weights times ``s`` (function unchanged). Those matrices' entries then dwarf Adam's
+    fixed step (~lr per entry), as in a network whose weights grew during long training; the gains, now small,
+    take the relative steps instead, each scaling a whole input rather than bending single weights."""
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for ln, lin in ((block.ln_1, block.attn.c_attn), (block.ln_2, block.mlp.c_fc)):
+                ln.weight.div_(s)
+                ln.bias.div_(s)
+                lin.weight.mul_(s)
+
+
 def train(model, ctx, *, lr: float, seed: int, steps: int, boxes=(2, 3, 4, 5, 6, 7), batch: int = 32,
           every: int = 10, stop_at: float | None = None, frozen=(), wd: float = 0.0, noise: float = 0.0, band=None,
           mix: bool = False, log=print) -> list:
@@ -266,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", help="make: write the base candidate here")
     p.add_argument("--balance", action="store_true", help="balance the per-head scales first")
     p.add_argument("--scale", type=float, default=1.0, help="then multiply the residual stream by this")
+    p.add_argument("--magnify", type=float, default=1.0, help="then move the LayerNorms' scale into the matrices "
+                   "that read them, times this (magnify)")
     p.add_argument("--verdicts", action="store_true", help="compare() the noised model and the fine-tunes")
     p.add_argument("--ft-steps", type=int, default=200)
     p.add_argument("--ft-seeds", type=int, nargs="*", default=[50], help="data seeds of the fine-tunes")
@@ -296,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         balance(model)
     if args.scale != 1.0:
         scale_residual(model, args.scale)
+    if args.magnify != 1.0:
+        magnify(model, args.magnify)
     circ = sorted(planted_heads("planted").values())
     res = probe(model, ctx, circuit=circ, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps,
                 ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs), mix=args.mix)
