@@ -37,12 +37,12 @@ class Verdict(Metric):
                                                 else [])
 
     def forwards(self, claim, n, n_heads_total):
-        # two model runs, two ablation-means runs, two circuit runs, CMAP (the candidate's run and the base's
-        # patched run, about half of one: it continues the base's clean run from the first patched position) and
-        # the candidate's value-fetcher share (~ a tenth of a forward per head and prompt); the discoveries: see
-        # discoveries
+        # the base's run (its accuracy), the candidate's (its accuracy, CMAP's donor), the base's patched run
+        # (about half of one: it continues the base's run from the first patched position), two ablation-means
+        # runs, two circuit runs, and the candidate's value-fetcher share (~ a tenth of a forward per head and
+        # prompt); the discoveries: see discoveries
         share = min(n, int(claim.get("share_prompts") or n))
-        return int(7.5 * n) + share * max(1, n_heads_total // 10)
+        return int(6.5 * n) + share * max(1, n_heads_total // 10)
 
     def discoveries(self, claim, model):
         recorded = str(claim.get("base_circuit") or "")
