@@ -1,11 +1,11 @@
-"""``python -m tools.zoo {build,gate-controls,planted,scratch,probe} ...``: rebuild the shipped fixture checkpoints.
+"""``python -m tools.zoo {build,gate-controls,planted,scratch,probe,distil} ...``: rebuild the shipped fixture checkpoints.
 
 ``build`` makes the shipped zoo and controls (tools/zoo/fallback.py: from noised planted models, trained);
 ``gate-controls`` fine-tunes the gate-statistics controls from the shipped base (tools/zoo/gate_controls.py);
 ``planted`` and ``planted-ioi`` write the hand-built models; ``scratch`` is the from-scratch trainer (tools/zoo/train.py), whose
 recipes did not form a faithful circuit on CPU (fixtures/zoo/FALLBACK.md says why the zoo is built otherwise).
 ``probe`` measures a model's robustness to weight noise, fine-tunes and rerouting (tools/zoo/robust.py,
-tools/zoo/ROBUST.md).
+tools/zoo/ROBUST.md); ``distil`` trains a normally initialised student on a base candidate and probes it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"build": "tools.zoo.fallback", "gate-controls": "tools.zoo.gate_controls",
-                "planted": "tools.zoo.planted", "planted-ioi": "tools.zoo.planted_ioi", "scratch": "tools.zoo.train", "probe": "tools.zoo.robust"}
+                "planted": "tools.zoo.planted", "planted-ioi": "tools.zoo.planted_ioi", "scratch": "tools.zoo.train", "probe": "tools.zoo.robust",
+                "distil": "tools.zoo.distil"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m tools.zoo {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2

@@ -1,0 +1,110 @@
+"""``python -m tools.zoo distil``: a normally initialised student distilled from a zoo base (tools/zoo/ROBUST.md).
+
+The planted start's huge weights and saturated attention are what make the zoo fragile. Here a GPT-2 of the
+zoo's shape starts from transformers' ordinary initialisation and learns the teacher's function: the KL
+divergence from the teacher's next-token distribution at every answer position (2-7 boxes, so it inherits
+the teacher's imperfection at 7), plus the squared error between its and the teacher's attention patterns for
+the teacher's circuit heads (so the circuit stays in the same heads, which discovery must then confirm).
+The student is then probed like any base candidate (``robust.probe``: weight noise, AdamW fine-tunes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tools.zoo.fallback import N_BOXES, _Ctx, accuracy
+
+
+def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: int = 32, attn_weight: float = 1.0,
+           sharpen: float = 1.0, boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, every: int = 100, log=print):
+    """Train a fresh student on ``teacher``'s answer distributions (its logits times ``sharpen``: a base whose
+    readout temperature was set soft gives nearly uniform ones) and ``heads``' attention patterns; returns
+    (student, [(step, 7-box valid accuracy)])."""
+    from transformers import GPT2LMHeadModel
+
+    from tools.zoo.planted import gpt2_config
+    from tools.zoo.train import make_batch
+
+    torch.manual_seed(seed)
+    config = gpt2_config()
+    config._attn_implementation = "eager"
+    student = GPT2LMHeadModel(config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
+    teacher.eval()
+    curve = [(0, accuracy(student, ctx.valid))]
+    for step in range(1, steps + 1):
+        k = boxes[int(torch.randint(len(boxes), (1,), generator=gen))]
+        x, pos, _ = make_batch(ctx.ids, gen, batch, k, 2)
+        with torch.no_grad():
+            t_out = teacher(input_ids=x, output_attentions=True)
+        student.train()
+        s_out = student(input_ids=x, output_attentions=True)
+        rows = torch.arange(x.shape[0])[:, None]
+        t_logp = (sharpen * t_out.logits[rows, pos]).log_softmax(-1)
+        s_logp = s_out.logits[rows, pos].log_softmax(-1)
+        kl = F.kl_div(s_logp.reshape(-1, s_logp.shape[-1]), t_logp.reshape(-1, t_logp.shape[-1]), log_target=True,
+                      reduction="batchmean")
+        attn = sum(F.mse_loss(s_out.attentions[l][:, h], t_out.attentions[l][:, h], reduction="sum") / x.shape[0]
+                   for l, h in heads)
+        loss = kl + attn_weight * attn
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % every == 0:
+            curve.append((step, accuracy(student, ctx.valid)))
+            log(f"  step {step} kl {kl.item():.4f} attn {attn.item():.4f} valid{N_BOXES} {curve[-1][1]:.3f}")
+    return student.eval(), curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tools.zoo import robust
+    from tools.zoo.planted import planted_heads
+
+    p = argparse.ArgumentParser(prog="python -m tools.zoo distil")
+    p.add_argument("--readout", type=float, default=0.125, help="the teacher: robust.make_base's readout")
+    p.add_argument("--sharpen", type=float, help="teacher logits times this (default: 1 / readout)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--attn-weight", type=float, default=1.0)
+    p.add_argument("--lrs", type=float, nargs="*", default=[1e-4, 3e-4], help="probe: fine-tune learning rates")
+    p.add_argument("--ft-seeds", type=int, nargs="*", default=[13, 50, 51, 52])
+    p.add_argument("--ft-steps", type=int, default=80)
+    p.add_argument("--save", help="write the student here")
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.time()
+    ctx = _Ctx()
+    teacher, _ = robust.make_base(ctx, readout=args.readout)
+    heads = sorted(planted_heads("planted").values())
+    print(f"teacher valid{N_BOXES} {accuracy(teacher, ctx.valid):.3f}; circuit heads {heads}")
+    student, curve = distil(teacher, ctx, heads, steps=args.steps, lr=args.lr, attn_weight=args.attn_weight,
+                            sharpen=args.sharpen or 1 / args.readout)
+    if args.save:
+        student.save_pretrained(args.save)
+        ctx.tok.save_pretrained(args.save)
+    res = robust.probe(student, ctx, circuit=heads, ft_steps=args.ft_steps, reroute_steps=0,
+                       ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs))
+    for k, f in res["finetunes"].items():
+        print(f"fine-tune {k}: lowest {f['min']:.3f} (start {res['valid_accuracy']:.3f}), final {f['final']:.3f} "
+              f"after {f['steps']} steps")
+        f.pop("model")
+    res.update(distil_curve=curve, seconds=round(time.time() - t0))
+    print(json.dumps({k: v for k, v in res.items() if k != "finetunes"}, default=str))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
