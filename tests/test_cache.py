@@ -211,6 +211,21 @@ def _assert_recomputed(tmp_path, key, compute):
     assert_bit_identical(again.get_or_compute(key, must_not_compute), compute.tensors)
 
 
+def test_get_reads_without_computing_and_never_serves_a_torn_file(tmp_path):
+    cache = ActivationCache(tmp_path)
+    key = cache.key(**BASE)
+    assert cache.get(key) is None and cache.stats.hits == 0  # nothing there, nothing computed
+    tensors = all_dtypes()
+    expected = {k: v.clone() for k, v in tensors.items()}
+    cache.get_or_compute(key, Counter(tensors))
+    assert_bit_identical(cache.get(key), expected)
+    assert cache.stats.hits == 1
+    assert ActivationCache(tmp_path, enabled=False).get(key) is None  # a disabled cache reads nothing
+    path = cache.path_for(key)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert cache.get(key) is None
+
+
 def test_truncated_file_is_recomputed(tmp_path):
     _, key, path = _write_once(tmp_path)
     data = path.read_bytes()
