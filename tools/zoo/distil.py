@@ -11,7 +11,6 @@ The student is then probed like any base candidate (``robust.probe``: weight noi
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -94,15 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx.tok.save_pretrained(args.save)
     res = robust.probe(student, ctx, circuit=heads, ft_steps=args.ft_steps, reroute_steps=0,
                        ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs))
-    for k, f in res["finetunes"].items():
-        print(f"fine-tune {k}: lowest {f['min']:.3f} (start {res['valid_accuracy']:.3f}), final {f['final']:.3f} "
-              f"after {f['steps']} steps")
-        f.pop("model")
     res.update(distil_curve=curve, seconds=round(time.time() - t0))
-    print(json.dumps({k: v for k, v in res.items() if k != "finetunes"}, default=str))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1, default=str)
+    robust.report(res, args.json)
     return 0
 
 

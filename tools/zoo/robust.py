@@ -316,9 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     circ = sorted(planted_heads("planted").values())
     res = probe(model, ctx, circuit=circ, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps,
                 ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs), mix=args.mix)
-    for k, f in res["finetunes"].items():
-        print(f"fine-tune {k}: lowest {f['min']:.3f} (start {res['valid_accuracy']:.3f}), final {f['final']:.3f} "
-              f"after {f['steps']} steps")
     if args.verdicts:
         noised = _copy(model)
         rel_noise(noised, 0.01, 0)
@@ -326,15 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         if res["reroute"]:
             cands["rerouted"] = res["reroute"]["model"]
         res["verdicts"] = verdicts(model, cands, ctx.tok)
-    for f in res["finetunes"].values():
+    report(res, args.json)
+    return 0
+
+
+def report(res: dict, path: str | None) -> None:
+    """Print a probe's fine-tune summary and its numbers (the trained models dropped), and write them to ``path``."""
+    for k, f in res["finetunes"].items():
+        print(f"fine-tune {k}: lowest {f['min']:.3f} (start {res['valid_accuracy']:.3f}), final {f['final']:.3f} "
+              f"after {f['steps']} steps")
         f.pop("model")
     if res["reroute"]:
         res["reroute"].pop("model")
     print(json.dumps(res, default=str))
-    if args.json:
-        with open(args.json, "w") as fh:
+    if path:
+        with open(path, "w") as fh:
             json.dump(res, fh, indent=1, default=str)
-    return 0
 
 
 if __name__ == "__main__":
