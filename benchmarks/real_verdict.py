@@ -3,8 +3,8 @@
     python benchmarks/real_verdict.py [--claim verdict-benign-qv-r8-lr2e-4] [--then verdict-rerouted-vf-pt-b]
                                       [--discover]
 
-Needs the fetched model (``python -m tools.real fetch``). Times, each a fresh pytest process on a fresh result
-cache: the claim as shipped (recorded base circuit); the same claim again on that cache (a warm rerun: it must
+Needs the fetched model (``python -m tools.real fetch``). Times (with the cold run's steps, from its progress
+lines), each a fresh pytest process on a fresh result cache: the claim as shipped (recorded base circuit); the same claim again on that cache (a warm rerun: it must
 load no model); another adapter's claim on that cache (``--then``: the base's runs are cached, as for every
 verdict after a base's first); with ``--discover``, the claim without its recorded circuit (the base and the candidate are
 discovered on ``discover_prompts``). The GGUF's dequantised copy is cached outside the result cache
@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "suites" / "real"
 
 
-def run(target: str, claim: str, cache: Path) -> tuple[float, str, bool]:
-    """Wall seconds, pytest's last line and whether a model was loaded."""
+def run(target: str, claim: str, cache: Path) -> tuple[float, str, bool, list[str]]:
+    """Wall seconds, pytest's last line, whether a model was loaded and the steps' "done in" lines."""
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", target, "-k", claim,
                           f"--mechtest-cache-dir={cache}", "--mechtest-progress=yes"], cwd=REPO, capture_output=True,
@@ -35,7 +35,8 @@ def run(target: str, claim: str, cache: Path) -> tuple[float, str, bool]:
     lines = (out.stdout + out.stderr).strip().splitlines()
     loaded = any(re.search(r"mechtest: load(ing|ed) ", line) for line in lines)
     verdict = next((line.strip() for line in lines if line.startswith(claim.split("[")[0])), lines[-1])
-    return wall, f"{verdict} | {lines[-1]}", loaded
+    steps = [line.split("\r")[-1].removeprefix("mechtest: ") for line in lines if " done in " in line]
+    return wall, f"{verdict} | {lines[-1]}", loaded, steps
 
 
 def main() -> None:
@@ -53,6 +54,7 @@ def main() -> None:
         cold = run(shipped, args.claim, cache)
         warm = run(shipped, args.claim, cache)
         print(f"recorded base circuit, cold: {cold[0]:7.1f} s  ({cold[1]})")
+        print("".join(f"    {step}\n" for step in cold[3]), end="")
         print(f"same claim, warm rerun:      {warm[0]:7.1f} s  (a model loaded: {warm[2]})")
         if args.then:
             then = run(shipped, args.then, cache)
