@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verdicts:
         noised = _copy(model)
         rel_noise(noised, 0.01, 0)
-        cands = {"noise-1pct": noised, **{f"adamw-{lr:g}": f["model"] for lr, f in res["finetunes"].items()}}
+        cands = {"noise-1pct": noised, **{f"adamw-{run}": f["model"] for run, f in res["finetunes"].items()}}
         if res["reroute"]:
             cands["rerouted"] = res["reroute"]["model"]
         res["verdicts"] = verdicts(model, cands, ctx.tok)
