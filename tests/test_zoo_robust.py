@@ -77,3 +77,25 @@ def test_soften_into_band_scales_only_the_named_heads_queries_into_the_band(plan
         same = torch.equal(w0[:, q], w1[:, q])
         assert same != ((i // 4, i % 4) == head)
         assert torch.equal(w0[:, k], w1[:, k]) and torch.equal(w0[:, v], w1[:, v])
+
+
+def test_distil_trains_a_fresh_student_towards_the_teachers_attention():
+    """A short run of the distillation (tools/zoo/distil.py): a student of the zoo's shape, ordinarily
+    initialised (not the teacher's weights), whose circuit heads' attention moves towards the teacher's."""
+    from types import SimpleNamespace
+
+    from mechtest.tasks.entity_tracking import make_dataset
+    from tools.zoo import distil
+    from tools.zoo.planted import planted_heads
+
+    teacher = build_model("planted")
+    heads = sorted(planted_heads("planted").values())
+    tok = build_tokenizer()
+    ctx = SimpleNamespace(ids=Ids(tok), valid=make_dataset(tok, 14, n_boxes=7, seed=0))  # a small validation set
+    attention_loss = []
+    student, curve = distil.distil(teacher, ctx, heads, steps=40, every=10, lr=3e-3,
+                                   log=lambda line: attention_loss.append(float(line.split()[5])))
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters())
+    assert not torch.allclose(student.transformer.h[0].attn.c_attn.weight, teacher.transformer.h[0].attn.c_attn.weight)
+    assert [s for s, _ in curve] == [0, 10, 20, 30, 40]
+    assert attention_loss[-1] < 0.8 * attention_loss[0]  # step 40 against step 10
