@@ -99,3 +99,21 @@ def test_distil_trains_a_fresh_student_towards_the_teachers_attention():
     assert not torch.allclose(student.transformer.h[0].attn.c_attn.weight, teacher.transformer.h[0].attn.c_attn.weight)
     assert [s for s, _ in curve] == [0, 10, 20, 30, 40]
     assert attention_loss[-1] < 0.8 * attention_loss[0]  # step 40 against step 10
+
+
+def test_the_distillation_circuit_run_keeps_each_head_at_its_groups_positions_only():
+    from tools.zoo.distil import _node_keep
+
+    ids = Ids(build_tokenizer())
+    x, pos, _ = make_batch(ids, torch.Generator().manual_seed(0), 3, 3, 2)
+    roles = {"struct_reader": (0, 2), "pos_detector": (1, 0), "pos_transmitter": (2, 3), "value_fetcher": (3, 1)}
+    keep = _node_keep(x, pos, roles, 256)
+    for row in range(3):
+        kept = {role: torch.nonzero(keep[l][row, :, h * 64]).flatten().tolist() for role, (l, h) in roles.items()}
+        assert kept["pos_transmitter"] == kept["value_fetcher"] == pos[row].tolist()  # the answer positions
+        assert kept["pos_detector"] == (pos[row] - 2).tolist()                         # the query labels
+        labels = [int(x[row, p]) for p in kept["pos_detector"]]
+        assert sorted(int(x[row, p]) for p in kept["struct_reader"]) == sorted(labels)  # those labels ...
+        assert all(p < int(pos[row].min()) - 3 for p in kept["struct_reader"])        # ... in the context
+        for l, h in roles.values():
+            assert not keep[l][row][:, [g * 64 for g in range(4) if g != h]].any()      # no other head is kept

@@ -19,20 +19,74 @@ import torch.nn.functional as F
 from tools.zoo.fallback import N_BOXES, _Ctx, accuracy
 
 
+HEAD_DIM = 64
+
+
+def _node_keep(x: torch.Tensor, pos: torch.Tensor, roles: dict, n_embd: int) -> dict:
+    """{layer: (b, seq, n_embd) bool}: where a circuit head's output is kept in the circuit run (spec 5.1): value
+    fetcher and transmitter at each answer position, detector at the query label, reader at the label's
+    occurrence in the context; everything else is mean-ablated."""
+    b, seq = x.shape
+    rows = torch.arange(b)[:, None]
+    label_pos = pos - 2
+    labels = x[rows, label_pos]                                          # (b, q)
+    slots = torch.arange(6, seq, 7)                                      # context label positions (1 + 7s + 5)
+    slots = slots[slots < int(pos.min()) - 3]
+    match = x[:, slots][:, None, :] == labels[..., None]                 # (b, q, slots)
+    context_pos = slots[match.float().argmax(-1)]
+    at = {"value_fetcher": pos, "pos_transmitter": pos, "pos_detector": label_pos, "struct_reader": context_pos}
+    keep: dict = {}
+    for role, (layer, head) in roles.items():
+        mask = keep.setdefault(layer, torch.zeros(b, seq, n_embd, dtype=torch.bool))
+        mask[rows, at[role], head * HEAD_DIM:(head + 1) * HEAD_DIM] = True
+    return keep
+
+
+def _circuit_logits(student, x, keep: dict) -> torch.Tensor:
+    """The student's logits with every head output but the circuit's nodes replaced by its per-position mean
+    over the batch (one run recording the heads' outputs, one ablated run)."""
+    blocks = student.transformer.h
+    outputs: dict = {}
+    handles = [blocks[l].attn.c_proj.register_forward_pre_hook(
+        lambda mod, args, l=l: outputs.__setitem__(l, args[0].detach())) for l in range(len(blocks))]
+    with torch.no_grad():
+        student(input_ids=x)
+    for h in handles:
+        h.remove()
+
+    def ablate(l):
+        def hook(mod, args):
+            mean = outputs[l].mean(0, keepdim=True).expand_as(args[0])
+            mask = keep.get(l)
+            return (mean if mask is None else torch.where(mask, args[0], mean),)
+        return hook
+
+    handles = [blocks[l].attn.c_proj.register_forward_pre_hook(ablate(l)) for l in range(len(blocks))]
+    try:
+        return student(input_ids=x).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: int = 32, attn_weight: float = 1.0,
-           sharpen: float = 1.0, boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, every: int = 100, log=print):
+           sharpen: float = 1.0, boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, every: int = 100, log=print,
+           student=None, circuit_weight: float = 0.0, roles: dict | None = None):
     """Train a fresh student on ``teacher``'s answer distributions (its logits times ``sharpen``: a base whose
     readout temperature was set soft gives nearly uniform ones) and ``heads``' attention patterns; returns
-    (student, [(step, 7-box valid accuracy)])."""
+    (student, [(step, 7-box valid accuracy)]). ``student``: continue from this model instead of a fresh one;
+    ``circuit_weight`` > 0 adds the KL of the circuit run (``roles``: role -> (layer, head)), so that the circuit
+    alone carries the answer."""
     from transformers import GPT2LMHeadModel
 
     from tools.zoo.planted import gpt2_config
     from tools.zoo.train import make_batch
 
     torch.manual_seed(seed)
-    config = gpt2_config()
-    config._attn_implementation = "eager"
-    student = GPT2LMHeadModel(config)
+    if student is None:
+        config = gpt2_config()
+        config._attn_implementation = "eager"
+        student = GPT2LMHeadModel(config)
     gen = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
@@ -53,6 +107,12 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         attn = sum(F.mse_loss(s_out.attentions[l][:, h], t_out.attentions[l][:, h], reduction="sum") / x.shape[0]
                    for l, h in heads)
         loss = kl + attn_weight * attn
+        if circuit_weight:
+            keep = _node_keep(x, pos, roles, student.config.n_embd)
+            c_logp = _circuit_logits(student, x, keep)[rows, pos].log_softmax(-1)
+            kl_circuit = F.kl_div(c_logp.reshape(-1, c_logp.shape[-1]), t_logp.reshape(-1, t_logp.shape[-1]),
+                                  log_target=True, reduction="batchmean")
+            loss = loss + circuit_weight * kl_circuit
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -60,7 +120,8 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         sched.step()
         if step % every == 0:
             curve.append((step, accuracy(student, ctx.valid)))
-            log(f"  step {step} kl {kl.item():.4f} attn {attn.item():.4f} valid{N_BOXES} {curve[-1][1]:.3f}")
+            circuit = f" circuit-kl {kl_circuit.item():.4f}" if circuit_weight else ""
+            log(f"  step {step} kl {kl.item():.4f} attn {attn.item():.4f}{circuit} valid{N_BOXES} {curve[-1][1]:.3f}")
     return student.eval(), curve
 
 
@@ -77,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", type=float, nargs="*", default=[1e-4, 3e-4], help="probe: fine-tune learning rates")
     p.add_argument("--ft-seeds", type=int, nargs="*", default=[13, 50, 51, 52])
     p.add_argument("--ft-steps", type=int, default=80)
+    p.add_argument("--init", help="continue from this student instead of a fresh one")
+    p.add_argument("--circuit-weight", type=float, default=0.0, help="weight of the circuit run's KL")
     p.add_argument("--save", help="write the student here")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
@@ -86,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     teacher, _ = robust.make_base(ctx, readout=args.readout)
     heads = sorted(planted_heads("planted").values())
     print(f"teacher valid{N_BOXES} {accuracy(teacher, ctx.valid):.3f}; circuit heads {heads}")
+    init = None
+    if args.init:
+        from transformers import GPT2LMHeadModel
+
+        init = GPT2LMHeadModel.from_pretrained(args.init, attn_implementation="eager").float()
     student, curve = distil(teacher, ctx, heads, steps=args.steps, lr=args.lr, attn_weight=args.attn_weight,
-                            sharpen=args.sharpen or 1 / args.readout)
+                            sharpen=args.sharpen or 1 / args.readout, student=init,
+                            circuit_weight=args.circuit_weight, roles=planted_heads("planted"))
     if args.save:
         student.save_pretrained(args.save)
         ctx.tok.save_pretrained(args.save)
