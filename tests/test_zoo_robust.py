@@ -117,3 +117,32 @@ def test_the_distillation_circuit_run_keeps_each_head_at_its_groups_positions_on
         assert all(p < int(pos[row].min()) - 3 for p in kept["struct_reader"])        # ... in the context
         for l, h in roles.values():
             assert not keep[l][row][:, [g * 64 for g in range(4) if g != h]].any()      # no other head is kept
+
+
+def test_distillation_circuit_target_is_the_teachers_own_circuit_run():
+    """With the teacher's circuit run as target, a student equal to the teacher has nothing to learn (circuit KL
+    ~0), while the full run as target asks its circuit for what the teacher's other heads add (a randomly
+    initialised teacher, so that they add something)."""
+    import copy
+    from types import SimpleNamespace
+
+    from transformers import GPT2LMHeadModel
+
+    from mechtest.tasks.entity_tracking import make_dataset
+    from tools.zoo import distil
+    from tools.zoo.planted import gpt2_config, planted_heads
+
+    torch.manual_seed(0)
+    config = gpt2_config()
+    config._attn_implementation = "eager"
+    teacher = GPT2LMHeadModel(config).eval()
+    roles = planted_heads("planted")
+    tok = build_tokenizer()
+    ctx = SimpleNamespace(ids=Ids(tok), valid=make_dataset(tok, 14, n_boxes=7, seed=0))
+    kl = {}
+    for target in ("teacher", "full"):
+        lines = []
+        distil.distil(teacher, ctx, sorted(roles.values()), steps=1, every=1, lr=0.0, student=copy.deepcopy(teacher),
+                      circuit_weight=1.0, roles=roles, circuit_target=target, log=lines.append)
+        kl[target] = float(lines[-1].split("circuit-kl ")[1].split()[0])
+    assert kl["teacher"] < 1e-4 and kl["full"] > 1e-3, kl  # the log prints 4 decimals

@@ -71,12 +71,13 @@ def _circuit_logits(student, x, keep: dict) -> torch.Tensor:
 
 def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: int = 32, attn_weight: float = 1.0,
            sharpen: float = 1.0, boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, every: int = 100, log=print,
-           student=None, circuit_weight: float = 0.0, roles: dict | None = None):
+           student=None, circuit_weight: float = 0.0, roles: dict | None = None, circuit_target: str = "teacher"):
     """Train a fresh student on ``teacher``'s answer distributions (its logits times ``sharpen``: a base whose
     readout temperature was set soft gives nearly uniform ones) and ``heads``' attention patterns; returns
     (student, [(step, 7-box valid accuracy)]). ``student``: continue from this model instead of a fresh one;
-    ``circuit_weight`` > 0 adds the KL of the circuit run (``roles``: role -> (layer, head)), so that the circuit
-    alone carries the answer."""
+    ``circuit_weight`` > 0 adds the KL of the student's circuit run (``roles``: role -> (layer, head)) from the
+    teacher's circuit run (``circuit_target="teacher"``: the student must behave like the teacher under the same
+    ablation, so the circuit carries what it carries in the teacher) or from the teacher's full run (``"full"``)."""
     from transformers import GPT2LMHeadModel
 
     from tools.zoo.planted import gpt2_config
@@ -109,8 +110,12 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         loss = kl + attn_weight * attn
         if circuit_weight:
             keep = _node_keep(x, pos, roles, student.config.n_embd)
+            target = t_logp
+            if circuit_target == "teacher":
+                with torch.no_grad():
+                    target = (sharpen * _circuit_logits(teacher, x, keep)[rows, pos]).log_softmax(-1)
             c_logp = _circuit_logits(student, x, keep)[rows, pos].log_softmax(-1)
-            kl_circuit = F.kl_div(c_logp.reshape(-1, c_logp.shape[-1]), t_logp.reshape(-1, t_logp.shape[-1]),
+            kl_circuit = F.kl_div(c_logp.reshape(-1, c_logp.shape[-1]), target.reshape(-1, target.shape[-1]),
                                   log_target=True, reduction="batchmean")
             loss = loss + circuit_weight * kl_circuit
         opt.zero_grad(set_to_none=True)
@@ -123,6 +128,30 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
             circuit = f" circuit-kl {kl_circuit.item():.4f}" if circuit_weight else ""
             log(f"  step {step} kl {kl.item():.4f} attn {attn.item():.4f}{circuit} valid{N_BOXES} {curve[-1][1]:.3f}")
     return student.eval(), curve
+
+
+def circuit_faithfulness(model, tok, n_prompts: int, seed: int = 0) -> list[float]:
+    """The planted circuit's faithfulness (spec 5.2) in an in-memory zoo model: [value, low, high]."""
+    import tempfile
+
+    import mechtest
+    from mechtest.errors import MechtestError
+    from mechtest.methods.circuits import load_circuit
+    from mechtest.methods.evaluation import faithfulness
+    from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
+
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        m = mechtest.load_model(d, name="distil")
+        data = make_dataset(m.tokenizer, n_prompts, n_boxes=N_BOXES, seed=seed + 3)
+        ref = mean_ablation_set(m.tokenizer, n_prompts, n_boxes=N_BOXES, seed=seed + 4)
+        try:
+            f = faithfulness(m, load_circuit("fixtures/circuits/planted.json"), data, ref, seed=seed)
+        except MechtestError as e:  # a student that answers nothing yet
+            print(f"faithfulness: {e}")
+            return []
+    return [round(float(v), 4) for v in (f.value, f.ci_low, f.ci_high)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ft-steps", type=int, default=80)
     p.add_argument("--init", help="continue from this student instead of a fresh one")
     p.add_argument("--circuit-weight", type=float, default=0.0, help="weight of the circuit run's KL")
+    p.add_argument("--circuit-target", choices=["teacher", "full"], default="teacher",
+                   help="the circuit run's KL is from the teacher's circuit run, or from its full run")
+    p.add_argument("--faithfulness", type=int, default=140, help="then measure the planted circuit's "
+                   "faithfulness in teacher and student on this many prompts (0: skip)")
+    p.add_argument("--reroute-steps", type=int, default=0, help="probe: retrain a rerouted copy this long")
+    p.add_argument("--verdicts", action="store_true", help="compare() the noised student, fine-tunes and reroute")
     p.add_argument("--save", help="write the student here")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
@@ -156,13 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         init = GPT2LMHeadModel.from_pretrained(args.init, attn_implementation="eager").float()
     student, curve = distil(teacher, ctx, heads, steps=args.steps, lr=args.lr, attn_weight=args.attn_weight,
                             sharpen=args.sharpen or 1 / args.readout, student=init,
-                            circuit_weight=args.circuit_weight, roles=planted_heads("planted"))
+                            circuit_weight=args.circuit_weight, roles=planted_heads("planted"),
+                            circuit_target=args.circuit_target)
     if args.save:
         student.save_pretrained(args.save)
         ctx.tok.save_pretrained(args.save)
-    res = robust.probe(student, ctx, circuit=heads, ft_steps=args.ft_steps, reroute_steps=0,
+    faithful = {name: circuit_faithfulness(m, ctx.tok, args.faithfulness)
+                for name, m in (("teacher", teacher), ("student", student))} if args.faithfulness else {}
+    print(f"planted circuit faithfulness: {faithful}")
+    res = robust.probe(student, ctx, circuit=heads, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps,
                        ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs))
-    res.update(distil_curve=curve, seconds=round(time.time() - t0))
+    if args.verdicts:
+        res["verdicts"] = robust.probe_verdicts(student, res, ctx.tok)
+    res.update(distil_curve=curve, faithfulness=faithful, seconds=round(time.time() - t0))
     robust.report(res, args.json)
     return 0
 

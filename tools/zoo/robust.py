@@ -258,6 +258,16 @@ def verdicts(base_hf, candidates: dict, tok, *, n_prompts: int = 140, seed: int 
     return out
 
 
+def probe_verdicts(model, res: dict, tok) -> dict:
+    """The gate's verdicts for a probe's candidates: the model 1 %-noised, its fine-tunes and its rerouted copy."""
+    noised = _copy(model)
+    rel_noise(noised, 0.01, 0)
+    cands = {"noise-1pct": noised, **{f"adamw-{run}": f["model"] for run, f in res["finetunes"].items()}}
+    if res["reroute"]:
+        cands["rerouted"] = res["reroute"]["model"]
+    return verdicts(model, cands, tok)
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers import GPT2LMHeadModel
 
@@ -317,12 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     res = probe(model, ctx, circuit=circ, ft_steps=args.ft_steps, reroute_steps=args.reroute_steps,
                 ft_seeds=tuple(args.ft_seeds), lrs=tuple(args.lrs), mix=args.mix)
     if args.verdicts:
-        noised = _copy(model)
-        rel_noise(noised, 0.01, 0)
-        cands = {"noise-1pct": noised, **{f"adamw-{run}": f["model"] for run, f in res["finetunes"].items()}}
-        if res["reroute"]:
-            cands["rerouted"] = res["reroute"]["model"]
-        res["verdicts"] = verdicts(model, cands, ctx.tok)
+        res["verdicts"] = probe_verdicts(model, res, ctx.tok)
     report(res, args.json)
     return 0
 
