@@ -146,3 +146,39 @@ def test_distillation_circuit_target_is_the_teachers_own_circuit_run():
                       circuit_weight=1.0, roles=roles, circuit_target=target, log=lines.append)
         kl[target] = float(lines[-1].split("circuit-kl ")[1].split()[0])
     assert kl["teacher"] < 1e-4 and kl["full"] > 1e-3, kl  # the log prints 4 decimals
+
+
+def test_head_spread_measures_only_the_other_heads_prompt_specific_output():
+    """``_head_spread`` is what mean ablation removes from the non-circuit heads: 0 when their output projections
+    are zero, unchanged by the circuit heads' weights, positive otherwise."""
+    from transformers import GPT2LMHeadModel
+
+    from tools.zoo.distil import HEAD_DIM, _head_spread
+    from tools.zoo.planted import gpt2_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(gpt2_config()).eval()
+    x, _, _ = make_batch(Ids(build_tokenizer()), torch.Generator().manual_seed(0), 6, 3, 1)
+    circuit = {(0, 2), (1, 0), (2, 3), (3, 1)}
+
+    def spread():
+        record = {}
+        hooks = [b.attn.c_proj.register_forward_pre_hook(lambda m, a, l=l: record.__setitem__(l, a[0]))
+                 for l, b in enumerate(model.transformer.h)]
+        with torch.no_grad():
+            model(input_ids=x)
+        for h in hooks:
+            h.remove()
+        return float(_head_spread(model, circuit, record))
+
+    before = spread()
+    assert before > 0
+    with torch.no_grad():
+        model.transformer.h[3].attn.c_proj.weight[HEAD_DIM:2 * HEAD_DIM] *= 5  # L3H1, a circuit head
+    assert spread() == pytest.approx(before, rel=1e-5)
+    with torch.no_grad():
+        for l, block in enumerate(model.transformer.h):
+            for h in range(4):
+                if (l, h) not in circuit:
+                    block.attn.c_proj.weight[h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
+    assert spread() == 0

@@ -69,15 +69,34 @@ def _circuit_logits(student, x, keep: dict) -> torch.Tensor:
             h.remove()
 
 
+def _head_spread(student, heads, record: dict) -> torch.Tensor:
+    """How much the heads *not* in ``heads`` say about the prompt: each one's contribution to the residual stream
+    (its slice of the output projection applied to its output), minus that contribution's mean over the batch
+    at the same position, squared, summed over dimensions and heads, averaged over (prompt, position). Mean
+    ablation (spec 5.1) replaces exactly this deviation, so a student with none is faithful to its circuit."""
+    total = 0.0
+    for l, z in record.items():
+        w = student.transformer.h[l].attn.c_proj.weight          # Conv1D: (n_embd in, n_embd out)
+        for h in range(z.shape[-1] // HEAD_DIM):
+            if (l, h) in heads:
+                continue
+            cols = slice(h * HEAD_DIM, (h + 1) * HEAD_DIM)
+            out = z[..., cols] @ w[cols]                           # (b, seq, n_embd)
+            total = total + (out - out.mean(0, keepdim=True)).pow(2).sum(-1).mean()
+    return total
+
+
 def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: int = 32, attn_weight: float = 1.0,
            sharpen: float = 1.0, boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, every: int = 100, log=print,
-           student=None, circuit_weight: float = 0.0, roles: dict | None = None, circuit_target: str = "teacher"):
+           student=None, circuit_weight: float = 0.0, roles: dict | None = None, circuit_target: str = "teacher",
+           spread_weight: float = 0.0):
     """Train a fresh student on ``teacher``'s answer distributions (its logits times ``sharpen``: a base whose
     readout temperature was set soft gives nearly uniform ones) and ``heads``' attention patterns; returns
     (student, [(step, 7-box valid accuracy)]). ``student``: continue from this model instead of a fresh one;
     ``circuit_weight`` > 0 adds the KL of the student's circuit run (``roles``: role -> (layer, head)) from the
     teacher's circuit run (``circuit_target="teacher"``: the student must behave like the teacher under the same
-    ablation, so the circuit carries what it carries in the teacher) or from the teacher's full run (``"full"``)."""
+    ablation, so the circuit carries what it carries in the teacher) or from the teacher's full run (``"full"``).
+    ``spread_weight`` > 0 adds ``_head_spread``: the other heads are kept from carrying prompt-specific work."""
     from transformers import GPT2LMHeadModel
 
     from tools.zoo.planted import gpt2_config
@@ -99,7 +118,13 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         with torch.no_grad():
             t_out = teacher(input_ids=x, output_attentions=True)
         student.train()
+        record: dict = {}
+        hooks = [student.transformer.h[l].attn.c_proj.register_forward_pre_hook(
+            lambda mod, args, l=l: record.__setitem__(l, args[0])) for l in range(student.config.n_layer)] \
+            if spread_weight else []
         s_out = student(input_ids=x, output_attentions=True)
+        for hook in hooks:
+            hook.remove()
         rows = torch.arange(x.shape[0])[:, None]
         t_logp = (sharpen * t_out.logits[rows, pos]).log_softmax(-1)
         s_logp = s_out.logits[rows, pos].log_softmax(-1)
@@ -108,6 +133,9 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         attn = sum(F.mse_loss(s_out.attentions[l][:, h], t_out.attentions[l][:, h], reduction="sum") / x.shape[0]
                    for l, h in heads)
         loss = kl + attn_weight * attn
+        if spread_weight:
+            spread = _head_spread(student, set(heads), record)
+            loss = loss + spread_weight * spread
         if circuit_weight:
             keep = _node_keep(x, pos, roles, student.config.n_embd)
             target = t_logp
@@ -126,6 +154,7 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         if step % every == 0:
             curve.append((step, accuracy(student, ctx.valid)))
             circuit = f" circuit-kl {kl_circuit.item():.4f}" if circuit_weight else ""
+            circuit += f" spread {spread.item():.4f}" if spread_weight else ""
             log(f"  step {step} kl {kl.item():.4f} attn {attn.item():.4f}{circuit} valid{N_BOXES} {curve[-1][1]:.3f}")
     return student.eval(), curve
 
@@ -171,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--circuit-weight", type=float, default=0.0, help="weight of the circuit run's KL")
     p.add_argument("--circuit-target", choices=["teacher", "full"], default="teacher",
                    help="the circuit run's KL is from the teacher's circuit run, or from its full run")
+    p.add_argument("--spread-weight", type=float, default=0.0, help="weight of the other heads' spread over "
+                   "prompts (_head_spread)")
+    p.add_argument("--every", type=int, default=100, help="log and validate every this many steps")
     p.add_argument("--faithfulness", type=int, default=140, help="then measure the planted circuit's "
                    "faithfulness in teacher and student on this many prompts (0: skip)")
     p.add_argument("--reroute-steps", type=int, default=0, help="probe: retrain a rerouted copy this long")
@@ -192,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     student, curve = distil(teacher, ctx, heads, steps=args.steps, lr=args.lr, attn_weight=args.attn_weight,
                             sharpen=args.sharpen or 1 / args.readout, student=init,
                             circuit_weight=args.circuit_weight, roles=planted_heads("planted"),
-                            circuit_target=args.circuit_target)
+                            circuit_target=args.circuit_target, spread_weight=args.spread_weight, every=args.every)
     if args.save:
         student.save_pretrained(args.save)
         ctx.tok.save_pretrained(args.save)
