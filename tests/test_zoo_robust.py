@@ -182,3 +182,26 @@ def test_head_spread_measures_only_the_other_heads_prompt_specific_output():
                 if (l, h) not in circuit:
                     block.attn.c_proj.weight[h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
     assert spread() == 0
+
+
+def test_distil_can_move_the_mechanism_into_other_heads_with_the_originals_frozen_at_zero():
+    """A rerouted model learns the teacher's patterns in other heads (``moved``) while the original heads'
+    output projections stay zero (``frozen``)."""
+    from types import SimpleNamespace
+
+    from mechtest.tasks.entity_tracking import make_dataset
+    from tools.zoo import distil
+    from tools.zoo.fallback import _head_cols
+    from tools.zoo.planted import planted_heads
+
+    teacher = build_model("planted")
+    heads = sorted(planted_heads("planted").values())
+    moved = {h: (h[0], (h[1] + 1) % 4) for h in heads}
+    tok = build_tokenizer()
+    ctx = SimpleNamespace(ids=Ids(tok), valid=make_dataset(tok, 14, n_boxes=7, seed=0))
+    attention_loss = []
+    student, _ = distil.distil(teacher, ctx, heads, steps=40, every=10, lr=3e-3, moved=moved, frozen=heads,
+                               log=lambda line: attention_loss.append(float(line.split()[5])))
+    for layer, head in heads:
+        assert not student.transformer.h[layer].attn.c_proj.weight[_head_cols(head)].any()
+    assert attention_loss[-1] < 0.8 * attention_loss[0]

@@ -89,14 +89,20 @@ def _head_spread(student, heads, record: dict) -> torch.Tensor:
 def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: int = 32, attn_weight: float = 1.0,
            sharpen: float = 1.0, boxes=(2, 3, 4, 5, 6, 7), seed: int = 0, every: int = 100, log=print,
            student=None, circuit_weight: float = 0.0, roles: dict | None = None, circuit_target: str = "teacher",
-           spread_weight: float = 0.0):
+           spread_weight: float = 0.0, moved: dict | None = None, frozen=()):
     """Train a fresh student on ``teacher``'s answer distributions (its logits times ``sharpen``: a base whose
     readout temperature was set soft gives nearly uniform ones) and ``heads``' attention patterns; returns
     (student, [(step, 7-box valid accuracy)]). ``student``: continue from this model instead of a fresh one;
     ``circuit_weight`` > 0 adds the KL of the student's circuit run (``roles``: role -> (layer, head)) from the
     teacher's circuit run (``circuit_target="teacher"``: the student must behave like the teacher under the same
     ablation, so the circuit carries what it carries in the teacher) or from the teacher's full run (``"full"``).
-    ``spread_weight`` > 0 adds ``_head_spread``: the other heads are kept from carrying prompt-specific work."""
+    ``spread_weight`` > 0 adds ``_head_spread``: the other heads are kept from carrying prompt-specific work.
+    ``moved`` (teacher head -> student head) matches each teacher head's pattern in another head of the student,
+    and ``frozen`` heads' output projections are zeroed after every step: a rerouted model learns the teacher's
+    mechanism in other heads (its weights are learned, not copied)."""
+    from tools.zoo.fallback import zero_heads
+
+    moved = moved or {h: h for h in heads}
     from transformers import GPT2LMHeadModel
 
     from tools.zoo.planted import gpt2_config
@@ -130,11 +136,11 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         s_logp = s_out.logits[rows, pos].log_softmax(-1)
         kl = F.kl_div(s_logp.reshape(-1, s_logp.shape[-1]), t_logp.reshape(-1, t_logp.shape[-1]), log_target=True,
                       reduction="batchmean")
-        attn = sum(F.mse_loss(s_out.attentions[l][:, h], t_out.attentions[l][:, h], reduction="sum") / x.shape[0]
-                   for l, h in heads)
+        attn = sum(F.mse_loss(s_out.attentions[moved[(l, h)][0]][:, moved[(l, h)][1]], t_out.attentions[l][:, h],
+                              reduction="sum") / x.shape[0] for l, h in heads)
         loss = kl + attn_weight * attn
         if spread_weight:
-            spread = _head_spread(student, set(heads), record)
+            spread = _head_spread(student, set(moved.values()), record)
             loss = loss + spread_weight * spread
         if circuit_weight:
             keep = _node_keep(x, pos, roles, student.config.n_embd)
@@ -151,6 +157,8 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         sched.step()
+        if frozen:
+            zero_heads(student, frozen)
         if step % every == 0:
             curve.append((step, accuracy(student, ctx.valid)))
             circuit = f" circuit-kl {kl_circuit.item():.4f}" if circuit_weight else ""
