@@ -169,7 +169,8 @@ def test_head_spread_measures_only_the_other_heads_prompt_specific_output():
             model(input_ids=x)
         for h in hooks:
             h.remove()
-        return float(_head_spread(model, circuit, record))
+        with torch.no_grad():
+            return float(_head_spread(model, circuit, record))
 
     before = spread()
     assert before > 0
