@@ -4,8 +4,11 @@ The planted start's huge weights and saturated attention are what make the zoo f
 zoo's shape starts from transformers' ordinary initialisation and learns the teacher's function: the KL
 divergence from the teacher's next-token distribution at every answer position (2-7 boxes, so it inherits
 the teacher's imperfection at 7), plus the squared error between its and the teacher's attention patterns for
-the teacher's circuit heads (so the circuit stays in the same heads, which discovery must then confirm).
-The student is then probed like any base candidate (``robust.probe``: weight noise, AdamW fine-tunes).
+the teacher's circuit heads (so the circuit stays in the same heads, which discovery must then confirm), plus
+(``--spread-weight``, 30 in the recipe that holds) the other heads' spread over prompts, which is what mean
+ablation removes: without it the student computes features in heads discovery cannot name, and its circuit is
+not sufficient. The student is then probed like any base candidate (``robust.probe``: weight noise, AdamW
+fine-tunes, verdicts); ``--reroute-base`` makes a rerouted control from such a student.
 """
 
 from __future__ import annotations
@@ -101,13 +104,13 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
     ``moved`` (teacher head -> student head) matches each teacher head's pattern in another head of the student,
     and ``frozen`` heads' output projections are zeroed after every step: a rerouted model learns the teacher's
     mechanism in other heads (its weights are learned, not copied)."""
-    from tools.zoo.fallback import zero_heads
-
-    moved = moved or {h: h for h in heads}
     from transformers import GPT2LMHeadModel
 
+    from tools.zoo.fallback import zero_heads
     from tools.zoo.planted import gpt2_config
     from tools.zoo.train import make_batch
+
+    moved = moved or {h: h for h in heads}
 
     torch.manual_seed(seed)
     if student is None:
