@@ -20,10 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tools.zoo.fallback import N_BOXES, _Ctx, accuracy
-
-
-HEAD_DIM = 64
+from tools.zoo.fallback import N_BOXES, ROOT, _Ctx, accuracy
+from tools.zoo.planted import HEAD_DIM
 
 
 def _node_keep(x: torch.Tensor, pos: torch.Tensor, roles: dict, n_embd: int) -> dict:
@@ -46,28 +44,42 @@ def _node_keep(x: torch.Tensor, pos: torch.Tensor, roles: dict, n_embd: int) -> 
     return keep
 
 
-def _circuit_logits(student, x, keep: dict) -> torch.Tensor:
-    """The student's logits with every head output but the circuit's nodes replaced by its per-position mean
-    over the batch (one run recording the heads' outputs, one ablated run)."""
-    blocks = student.transformer.h
-    outputs: dict = {}
-    handles = [blocks[l].attn.c_proj.register_forward_pre_hook(
-        lambda mod, args, l=l: outputs.__setitem__(l, args[0].detach())) for l in range(len(blocks))]
-    with torch.no_grad():
-        student(input_ids=x)
-    for h in handles:
-        h.remove()
+class _HeadOutputs:
+    """Records each block's head outputs (the input of ``attn.c_proj``) while in the ``with`` block."""
+
+    def __init__(self, model, detach: bool = False):
+        self.blocks, self.detach, self.out = model.transformer.h, detach, {}
+
+    def __enter__(self) -> dict:
+        def hook(l):
+            return lambda mod, args: self.out.__setitem__(l, args[0].detach() if self.detach else args[0])
+        self.handles = [b.attn.c_proj.register_forward_pre_hook(hook(l)) for l, b in enumerate(self.blocks)]
+        return self.out
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _circuit_logits(model, x, keep: dict, outputs: dict | None = None) -> torch.Tensor:
+    """``model``'s logits with every head output but the circuit's nodes replaced by its per-position mean over
+    the batch; ``outputs``: the head outputs of ``model``'s plain run on ``x`` if already recorded (else one more
+    run records them)."""
+    if outputs is None:
+        with torch.no_grad(), _HeadOutputs(model, detach=True) as outputs:
+            model(input_ids=x)
+    blocks = model.transformer.h
 
     def ablate(l):
         def hook(mod, args):
-            mean = outputs[l].mean(0, keepdim=True).expand_as(args[0])
+            mean = outputs[l].detach().mean(0, keepdim=True).expand_as(args[0])
             mask = keep.get(l)
             return (mean if mask is None else torch.where(mask, args[0], mean),)
         return hook
 
     handles = [blocks[l].attn.c_proj.register_forward_pre_hook(ablate(l)) for l in range(len(blocks))]
     try:
-        return student(input_ids=x).logits
+        return model(input_ids=x).logits
     finally:
         for h in handles:
             h.remove()
@@ -128,13 +140,8 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
         with torch.no_grad():
             t_out = teacher(input_ids=x, output_attentions=True)
         student.train()
-        record: dict = {}
-        hooks = [student.transformer.h[l].attn.c_proj.register_forward_pre_hook(
-            lambda mod, args, l=l: record.__setitem__(l, args[0])) for l in range(student.config.n_layer)] \
-            if spread_weight else []
-        s_out = student(input_ids=x, output_attentions=True)
-        for hook in hooks:
-            hook.remove()
+        with _HeadOutputs(student) as record:
+            s_out = student(input_ids=x, output_attentions=True)
         rows = torch.arange(x.shape[0])[:, None]
         t_logp = (sharpen * t_out.logits[rows, pos]).log_softmax(-1)
         s_logp = s_out.logits[rows, pos].log_softmax(-1)
@@ -152,7 +159,7 @@ def distil(teacher, ctx, heads, *, steps: int = 1500, lr: float = 1e-3, batch: i
             if circuit_target == "teacher":
                 with torch.no_grad():
                     target = (sharpen * _circuit_logits(teacher, x, keep)[rows, pos]).log_softmax(-1)
-            c_logp = _circuit_logits(student, x, keep)[rows, pos].log_softmax(-1)
+            c_logp = _circuit_logits(student, x, keep, record)[rows, pos].log_softmax(-1)
             kl_circuit = F.kl_div(c_logp.reshape(-1, c_logp.shape[-1]), target.reshape(-1, target.shape[-1]),
                                   log_target=True, reduction="batchmean")
             loss = loss + circuit_weight * kl_circuit
@@ -188,7 +195,7 @@ def circuit_faithfulness(model, tok, n_prompts: int, seed: int = 0) -> list[floa
         data = make_dataset(m.tokenizer, n_prompts, n_boxes=N_BOXES, seed=seed + 3)
         ref = mean_ablation_set(m.tokenizer, n_prompts, n_boxes=N_BOXES, seed=seed + 4)
         try:
-            f = faithfulness(m, load_circuit("fixtures/circuits/planted.json"), data, ref, seed=seed)
+            f = faithfulness(m, load_circuit(ROOT / "fixtures" / "circuits" / "planted.json"), data, ref, seed=seed)
         except MechtestError as e:  # a student that answers nothing yet
             print(f"faithfulness: {e}")
             return []
