@@ -1,9 +1,10 @@
 """``python -m tools.zoo {build,gate-controls,planted,scratch,probe,distil} ...``: rebuild the shipped fixture checkpoints.
 
-``build`` makes the shipped zoo and controls (tools/zoo/fallback.py: from noised planted models, trained);
+``build`` makes the shipped zoo and controls (tools/zoo/fallback.py: students distilled from noised planted models,
+their fine-tunes and controls; ``build --only NAME`` one recipe, ``build --measure`` measures them all);
 ``gate-controls`` fine-tunes the gate-statistics controls from the shipped base (tools/zoo/gate_controls.py);
 ``planted`` and ``planted-ioi`` write the hand-built models; ``scratch`` is the from-scratch trainer (tools/zoo/train.py), whose
-recipes did not form a faithful circuit on CPU (fixtures/zoo/FALLBACK.md says why the zoo is built otherwise).
+recipes did not form a faithful circuit on CPU.
 ``probe`` measures a model's robustness to weight noise, fine-tunes and rerouting (tools/zoo/robust.py,
 tools/zoo/ROBUST.md); ``distil`` trains a normally initialised student on a base candidate and probes it.
 """

@@ -8,13 +8,13 @@ the teacher's circuit heads (so the circuit stays in the same heads, which disco
 (``--spread-weight``, 30 in the recipe that holds) the other heads' spread over prompts, which is what mean
 ablation removes: without it the student computes features in heads discovery cannot name, and its circuit is
 not sufficient. The student is then probed like any base candidate (``robust.probe``: weight noise, AdamW
-fine-tunes, verdicts); ``--reroute-base`` makes a rerouted control from such a student.
+fine-tunes, verdicts). The zoo's builder (``fallback.py``) makes `base`, `other` and the learned rerouted control
+with ``distil``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -226,17 +226,12 @@ def main(argv: list[str] | None = None) -> int:
                    "faithfulness in teacher and student on this many prompts (0: skip)")
     p.add_argument("--reroute-steps", type=int, default=0, help="probe: retrain a rerouted copy this long")
     p.add_argument("--verdicts", action="store_true", help="compare() the noised student, fine-tunes and reroute")
-    p.add_argument("--reroute-base", metavar="DIR", help="instead: reroute this (student) base - its planted heads "
-                   "zeroed and frozen, their patterns learned by the next slot of each layer, distilled from the base "
-                   "itself - then save it and give the gate's verdict against the base")
     p.add_argument("--save", help="write the student here")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     ctx = _Ctx()
-    if args.reroute_base:
-        return _reroute(args, ctx, t0)
     teacher, _ = robust.make_base(ctx, readout=args.readout)
     heads = sorted(planted_heads("planted").values())
     print(f"teacher valid{N_BOXES} {accuracy(teacher, ctx.valid):.3f}; circuit heads {heads}")
@@ -261,36 +256,6 @@ def main(argv: list[str] | None = None) -> int:
         res["verdicts"] = robust.probe_verdicts(student, res, ctx.tok)
     res.update(distil_curve=curve, faithfulness=faithful, seconds=round(time.time() - t0))
     robust.report(res, args.json)
-    return 0
-
-
-def _reroute(args, ctx, t0: float) -> int:
-    """``--reroute-base``: a rerouted control learned from the base (tools/zoo/ROBUST.md)."""
-    import copy
-
-    from transformers import GPT2LMHeadModel
-
-    from tools.zoo import robust
-    from tools.zoo.fallback import zero_heads
-    from tools.zoo.planted import planted_heads
-
-    base = GPT2LMHeadModel.from_pretrained(args.reroute_base, attn_implementation="eager").float().eval()
-    heads = sorted(planted_heads("planted").values())
-    student = copy.deepcopy(base)
-    zero_heads(student, heads)
-    print(f"base valid{N_BOXES} {accuracy(base, ctx.valid):.3f}, zeroed {accuracy(student, ctx.valid):.3f}")
-    student, curve = distil(base, ctx, heads, steps=args.steps, lr=args.lr, student=student, every=args.every,
-                            spread_weight=args.spread_weight, moved={(l, h): (l, (h + 1) % 4) for l, h in heads},
-                            frozen=heads)
-    if args.save:
-        student.save_pretrained(args.save)
-        ctx.tok.save_pretrained(args.save)
-    res = {"curve": curve, "verdicts": robust.verdicts(base, {"rerouted": student}, ctx.tok),
-           "seconds": round(time.time() - t0)}
-    print(json.dumps(res, default=str))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1, default=str)
     return 0
 
 

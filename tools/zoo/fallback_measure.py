@@ -1,8 +1,10 @@
-"""Measure the fallback zoo with mechtest's own code (``python -m tools.zoo fallback --measure``).
+"""Measure the zoo with mechtest's own code (``python -m tools.zoo build --measure``).
 
 Per evaluation seed: base's circuit discovered by ``discover_circuit`` (200 prompts, 7 boxes), its faithfulness
-in base with random circuits of the same sizes, then ``compare(base, candidate)`` for every candidate (its
-accuracy, the base circuit's faithfulness in it, CMAP gain, verdict). Then the gate's false-pass rate over
+in base with random circuits of the same sizes, then ``compare(base, candidate)`` for every candidate: the zoo,
+every control, and `base` with 1 % relative weight noise on every tensor (its accuracy, the base circuit's
+faithfulness in it, CMAP gain, verdict). Writes ``fallback-measurements.json``, ``FALLBACK.md`` and the model
+cards. Then the gate's false-pass rate over
 within-layer head renamings of `other` (seed 0): each renamed copy is function-identical to `other`, so its own
 discovery is `other`'s with the heads renamed; that circuit is passed in instead of rediscovering (the
 path-patching profile, supporting evidence only, is `other`'s unrenamed).
@@ -19,14 +21,32 @@ from tools.zoo.fallback import CONTROLS, N_BOXES, ROOT, ZOO
 
 N_PROMPTS = 200
 RESULTS = ROOT / "fixtures" / "zoo" / "fallback-measurements.json"
+NOISED = "base-noise-1pct"    # base with 1 % relative weight noise (robust.rel_noise, seed 0): built in memory
 
 
 def candidates() -> dict[str, Path]:
     out = {"finetuned": ZOO / "finetuned", "other": ZOO / "other"}
     for d in sorted(CONTROLS.iterdir()):
-        if d.name.startswith("fallback-") and (d / "config.json").exists():
+        if (d / "config.json").exists():
             out[d.name] = d
     return out
+
+
+def _noised_base(tmp: str):
+    """``base`` with 1 % relative noise on every tensor, loaded through mechtest like any checkpoint."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    import mechtest
+    from tools.zoo.robust import rel_noise
+
+    model = GPT2LMHeadModel.from_pretrained(ZOO / "base", torch_dtype=torch.float32)
+    rel_noise(model, 0.01, seed=0)
+    model.save_pretrained(tmp)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (ZOO / "base" / f).exists():
+            (Path(tmp) / f).write_bytes((ZOO / "base" / f).read_bytes())
+    return mechtest.load_model(tmp, name=NOISED)
 
 
 def _m(x):
@@ -42,9 +62,12 @@ def measure_all(seeds, log, n_renamings: int = 50) -> dict:
     from mechtest.methods.evaluation import faithfulness, random_circuit_faithfulness
     from mechtest.tasks.entity_tracking import make_dataset, mean_ablation_set
 
+    import tempfile
+
     torch.set_num_threads(1)
     base = mechtest.load_model(str(ZOO / "base"), name="base")
     cands = {name: mechtest.load_model(str(p), name=name) for name, p in candidates().items()}
+    cands[NOISED] = _noised_base(tempfile.mkdtemp(prefix="mechtest-noised-"))
     res: dict = {"n_prompts": N_PROMPTS, "n_boxes": N_BOXES, "seeds": {}}
     for seed in seeds:
         t0 = time.time()
@@ -113,16 +136,51 @@ def renamings(base, n: int, log, seed: int = 0) -> dict:
     return {"n": n, "counts": counts, "false_pass_rate": counts.get("preserved", 0) / n, "passed": passed}
 
 
+def _fmt(m, ci: int = 2):
+    return "-" if m is None else f"{m['value']:.3f} [{m['ci_low']:.{ci}f}, {m['ci_high']:.{ci}f}]"
+
+
+def write_summary(res: dict) -> None:
+    """``fixtures/zoo/FALLBACK.md``: every measured row of ``res``."""
+    lines = ["# The zoo, measured (`python -m tools.zoo build --measure`)", "",
+             "Models: `fixtures/zoo/{base,finetuned,other}` (float32) and `fixtures/controls/*` (float16), each with "
+             "its recipe in its model card (`tools/zoo/fallback.py`, `tools/zoo/gate_controls.py`); "
+             f"`{NOISED}` is base with 1 % relative noise on every tensor (seed 0). {res['n_prompts']} prompts per seed, "
+             f"{res['n_boxes']} boxes; base's circuit discovered at each seed; 95% intervals.", "",
+             "| model | seed | accuracy | base-circuit faithfulness | random circuits | CMAP gain (-> base) | CMAP explains "
+             "| compare() |", "|---|---|---|---|---|---|---|---|"]
+    seeds = res["seeds"]
+    for s, row in seeds.items():
+        lines.append(f"| base | {s} | {row['base_accuracy']:.3f} | {_fmt(row['base_faithfulness'])} | "
+                     f"{_fmt(row['base_random_faithfulness'])} | - | - | - |")
+    names = list(next(iter(seeds.values()))["candidates"])
+    for name in names:
+        for s, row in seeds.items():
+            c = row["candidates"][name]
+            lines.append(f"| {name} | {s} | {_fmt(c['accuracy'])} | {_fmt(c['faithfulness'])} | "
+                         f"{_fmt(c['random_faithfulness'])} | {_fmt(c['cmap_gain'])} | {_fmt(c['cmap_explained'])} | "
+                         f"{c['verdict']} |")
+    lines += ["", "Discovered circuits: " + "; ".join(f"seed {s} `{json.dumps(r['circuit'])}`" for s, r in seeds.items())]
+    if "renamings" in res:
+        r = res["renamings"]
+        lines += ["", f"Within-layer renamings of `other` (seed 0): {r['n']} -> {r['counts']}; false-pass rate "
+                      f"{r['false_pass_rate']:.3f}."]
+    (ZOO / "FALLBACK.md").write_text("\n".join(lines) + "\n")
+
+
 def write_cards(res: dict) -> None:
-    """Regenerate every model card with the measured table, and fixtures/circuits/zoo-base.json (seed 0)."""
+    """Regenerate every model card with the measured table, FALLBACK.md, and fixtures/circuits/zoo-base.json
+    (seed 0)."""
+    write_summary(res)
     from tools.zoo.fallback import model_card
+    from tools.zoo.gate_controls import _card
 
     seeds = res["seeds"]
     first = seeds[min(seeds, key=int)]
     (ROOT / "fixtures" / "circuits" / "zoo-base.json").write_text(json.dumps(first["circuit"]) + "\n")
 
     def fmt(m):
-        return "-" if m is None else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        return _fmt(m, ci=3)
 
     folders = {"base": ZOO / "base", **candidates()}
     for name, folder in folders.items():
@@ -141,5 +199,6 @@ def write_cards(res: dict) -> None:
                              f"{fmt(c['random_faithfulness'])} | {fmt(c['cmap_gain'])} | {c['verdict']} |")
         if name == "base":
             lines += ["", f"Discovered circuit (seed 0): `{json.dumps(first['circuit'])}`"]
-        text = model_card(meta) + "\n## Measured with mechtest\n\n" + "\n".join(lines) + "\n"
+        card = model_card(meta) if "stages" in meta else _card(meta)
+        text = card + "\n## Measured with mechtest\n\n" + "\n".join(lines) + "\n"
         (folder / "README.md").write_text(text)
