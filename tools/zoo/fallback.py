@@ -36,7 +36,7 @@ HELDOUT_N = 1000
 PLANTED_BAND = (0.63, 0.72)  # 7-box validation accuracy at which a trained planted start is snapshotted
 BASE_BAND = (0.55, 0.80)    # 7-box validation accuracy `base` must land in (imperfect, as Llama-7B's 0.66)
 TEACHER_READOUT = 0.125     # the students' teachers: robust.make_base with this readout temperature
-DISTIL_STEPS = 4000         # distillation steps of a student (its validation curve is flat from ~3,200)
+DISTIL_STEPS = 5000         # distillation steps of a student (at 4,000 its circuit was 0.83-0.88 faithful in fine-tunes)
 SPREAD_WEIGHT = 30.0        # weight of the non-circuit heads' spread over prompts (distil._head_spread)
 FINETUNED_MIN = 0.95
 ROOT = Path(__file__).resolve().parents[2]
@@ -422,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.zoo build")
     p.add_argument("--measure", action="store_true", help="measure the built models (tools/zoo/fallback_measure)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these recipes")
+    p.add_argument("--readme-table", action="store_true", help="print the README's zoo table from the measurements")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--renamings", type=int, default=50, help="within-layer renamings of `other` for the false-pass rate")
     args = p.parse_args(argv)
@@ -430,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg):
         print(msg, flush=True)
 
+    if args.readme_table:
+        from tools.zoo.fallback_measure import RESULTS, readme_table
+
+        print(readme_table(json.loads(RESULTS.read_text())))
+        return 0
     if args.measure:
         from tools.zoo.fallback_measure import measure_all, write_cards
 

@@ -168,6 +168,34 @@ def write_summary(res: dict) -> None:
     (ZOO / "FALLBACK.md").write_text("\n".join(lines) + "\n")
 
 
+def readme_table(res: dict) -> str:
+    """The README's zoo table: per model, the base circuit's faithfulness at each seed (95% CI), random circuits
+    and the verdicts, from ``fallback-measurements.json``."""
+    seeds = res["seeds"]
+
+    def short(m):
+        return f"{m['value']:.2f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
+
+    rows = ["| model | accuracy | base circuit's faithfulness (95% CI), seeds " + "/".join(seeds) +
+            " | random circuits | verdict vs base |", "| --- | --- | --- | --- | --- |"]
+    rows.append("| base | " + " / ".join(f"{r['base_accuracy']:.2f}" for r in seeds.values()) + " | " +
+                " / ".join(short(r["base_faithfulness"]) for r in seeds.values()) + " | " +
+                " / ".join(f"{r['base_random_faithfulness']['value']:.3f}" for r in seeds.values()) + " | - |")
+    for name in next(iter(seeds.values()))["candidates"]:
+        cs = [r["candidates"][name] for r in seeds.values()]
+        verdicts = [c["verdict"] for c in cs]
+        summary = ", ".join(f"{v} {verdicts.count(v)}/{len(verdicts)}" for v in dict.fromkeys(verdicts))
+        rows.append(f"| {name} | " + " / ".join(f"{c['accuracy']['value']:.2f}" for c in cs) + " | " +
+                    " / ".join(short(c["faithfulness"]) if c["faithfulness"] else "-" for c in cs) + " | " +
+                    " / ".join(f"{c['random_faithfulness']['value']:.3f}" if c["random_faithfulness"] else "-"
+                               for c in cs) + f" | {summary} |")
+    if "renamings" in res:
+        r = res["renamings"]
+        rows.append(f"| {r['n']} within-layer renamings of `other` (seed 0) | | | | "
+                    + ", ".join(f"{k} {v}/{r['n']}" for k, v in r["counts"].items()) + " |")
+    return "\n".join(rows)
+
+
 def write_cards(res: dict) -> None:
     """Regenerate every model card with the measured table, FALLBACK.md, and fixtures/circuits/zoo-base.json
     (seed 0)."""
