@@ -206,3 +206,27 @@ def test_distil_can_move_the_mechanism_into_other_heads_with_the_originals_froze
     for layer, head in heads:
         assert not student.transformer.h[layer].attn.c_proj.weight[_head_cols(head)].any()
     assert attention_loss[-1] < 0.8 * attention_loss[0]
+
+
+def test_the_parallel_build_plan_builds_every_recipe_once_and_after_its_start():
+    from tools.zoo.fallback import PARALLEL_PLAN, recipes
+
+    order = [n for phase in PARALLEL_PLAN for cmd in phase if cmd[0] == "build" for n in cmd[2:]]
+    assert sorted(order) == sorted(r.name for r in recipes())
+    phase_of = {n: i for i, phase in enumerate(PARALLEL_PLAN) for cmd in phase if cmd[0] == "build" for n in cmd[2:]}
+    for r in recipes():  # a recipe that starts from a built model runs in a later phase than it
+        if r.start in phase_of:
+            assert phase_of[r.start] < phase_of[r.name], r.name
+
+
+def test_a_built_start_is_read_back_before_its_readout_temperature(tmp_path, monkeypatch):
+    """``build --only`` reads a start built earlier from disk; undoing the saved readout must be exact."""
+    from tools.zoo import fallback
+
+    model = build_model("planted")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fallback.readout(model, fallback.READOUT_SCALE)
+    model.save_pretrained(tmp_path / "base")
+    monkeypatch.setattr(fallback, "ZOO", tmp_path)
+    back = fallback._load_built("base")
+    assert all(torch.equal(back[k], state[k]) for k in state if k in back)

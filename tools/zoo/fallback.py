@@ -418,10 +418,43 @@ def build(names: list[str] | None, log) -> list[dict]:
     return [build_one(r, ctx, built, log) for r in recipes() if not names or r.name in names]
 
 
+# Two processes, one thread each: the students first, then the learned reroute beside every other recipe and
+# the gate controls (tools/zoo/gate_controls.py), which start from the built base. ~42 min on 2 cores.
+PARALLEL_PLAN = (
+    (["build", "--only", "base"], ["build", "--only", "other"]),
+    (["build", "--only", "fallback-rerouted-learned"],
+     ["build", "--only", "finetuned", "fallback-benign-seed11", "fallback-benign-lr1e-4", "fallback-benign-boxes5-7",
+      "fallback-benign-adamw1e-4", "fallback-benign-adamw3e-4", "fallback-rerouted-a", "fallback-rerouted-b",
+      "fallback-independent-3", "fallback-independent-4"], ["gate-controls"]),
+)
+
+
+def _build_in_parallel(log) -> None:
+    """Run ``PARALLEL_PLAN``: each phase's first command in one process, the rest in turn in another."""
+    import subprocess
+    import sys
+
+    plan_names = {n for phase in PARALLEL_PLAN for cmd in phase if cmd[0] == "build" for n in cmd[2:]}
+    missing = {r.name for r in recipes()} - plan_names
+    if missing:
+        raise RuntimeError(f"PARALLEL_PLAN leaves out {sorted(missing)}")
+    def run(cmd):
+        return subprocess.Popen([sys.executable, "-m", "tools.zoo", *cmd], cwd=ROOT)
+
+    for first, *rest in PARALLEL_PLAN:
+        log(f"phase: {' '.join(first)} || {' ; '.join(' '.join(c) for c in rest)}")
+        side = run(first)
+        codes = [run(cmd).wait() for cmd in rest] + [side.wait()]
+        if any(codes):
+            raise RuntimeError(f"a build process failed (exit codes {codes})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.zoo build")
     p.add_argument("--measure", action="store_true", help="measure the built models (tools/zoo/fallback_measure)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these recipes")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="2: the two long chains side by side "
+                   "(PARALLEL_PLAN), one thread each; 1: every recipe in turn")
     p.add_argument("--readme-table", action="store_true", help="print the README's zoo table from the measurements")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--renamings", type=int, default=50, help="within-layer renamings of `other` for the false-pass rate")
@@ -440,8 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         from tools.zoo.fallback_measure import measure_all, write_cards
 
         write_cards(measure_all(args.seeds, log, n_renamings=args.renamings))
-    else:
+    elif args.only or args.jobs == 1:
         build(args.only, log)
+    else:
+        _build_in_parallel(log)
     log(f"total {time.time() - t0:.0f}s")
     return 0
 
