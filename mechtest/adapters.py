@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mechtest.errors import ModelLoadError
+from mechtest.linear_kernel import use_onednn
 from mechtest.fingerprint import file_digest, side_files
 from mechtest.model_ref import ADAPTER_CONFIG, ModelRef
 
@@ -86,6 +87,7 @@ def merge_adapter(base, ref: ModelRef, *, name: str):
                              f"{lines[0] if lines else _first_line(e)}") from None
     merged.eval()
     merged.requires_grad_(False)
+    use_onednn(merged)  # the base's layers are switched already; merging must not lose it
     return replace(base, name=name, hf=merged, tokenizer=_tokenizer(directory, base.tokenizer), ref=ref,
                    fingerprint=adapter_fingerprint(base.fingerprint, directory))
 

@@ -25,6 +25,7 @@ from mechtest.checkpoint_files import check_loading_info, checked_weight_files
 from mechtest.checkpoint_files import first_line as _first_line
 from mechtest.errors import DeviceError, ModelLoadError
 from mechtest.fingerprint import fingerprint, side_files
+from mechtest.linear_kernel import use_onednn
 from mechtest.model_ref import ModelRef, resolve_model
 
 _DTYPES = {
@@ -206,6 +207,7 @@ def load_model(
         hf.to(torch.device(target))
     hf.eval()
     hf.requires_grad_(False)
+    use_onednn(hf)  # large CPU float32 layers: the faster kernel (mechtest.linear_kernel)
     return LoadedModel(
         name=name or _default_name(ref),
         hf=hf,

@@ -24,7 +24,8 @@ LAYERS = [
                  "mechtest.fingerprint"]),
     ("methods", ["mechtest.methods", "mechtest.methods.*"]),
     ("task & statistics", ["mechtest.tasks", "mechtest.tasks.*", "mechtest.measure", "mechtest.decision"]),
-    ("engine", ["mechtest.heads", "mechtest.forward", "mechtest.architectures", "mechtest.compat"]),
+    ("engine", ["mechtest.heads", "mechtest.forward", "mechtest.linear_kernel", "mechtest.architectures",
+                "mechtest.compat"]),
     ("foundation", ["mechtest.spec", "mechtest.cache", "mechtest.errors", "mechtest.settings", "mechtest.version",
                     "mechtest.progress", "mechtest.data"]),
 ]
