@@ -63,7 +63,8 @@ def forward(path: str) -> None:
         print(f"  {kernel:8} forward, 300 prompts: {time.perf_counter() - start:6.1f} s")
     diff = (results["oneDNN"] - results["default"]).abs().max().item()
     same = bool((results["oneDNN"].argmax(-1) == results["default"].argmax(-1)).all())
-    print(f"  {len(switched)} layers switched; largest logit difference {diff:.1e}; same argmax on every prompt: {same}")
+    print(f"  {len(switched)} layers switched; largest logit difference {diff:.1e}; "
+          f"same argmax on every prompt: {same}")
 
 
 def main() -> None:

@@ -36,10 +36,19 @@ class OneDNNLinear(torch.nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
+def describe() -> str:
+    """Which kernel large CPU float32 layers take in this run, for the JSON report's environment."""
+    if _turned_off():
+        return "default (MECHTEST_LINEAR=default)"
+    if not available():
+        return "default (no oneDNN linear in this torch build)"
+    return f"oneDNN for CPU float32 nn.Linear layers of >= {MIN_WEIGHT} weights"
+
+
 def use_onednn(module: torch.nn.Module) -> int:
     """Switch every large float32 CPU ``nn.Linear`` inside ``module`` to :class:`OneDNNLinear` (in place; the
     weights are not copied); the number switched. Nothing switches where oneDNN is missing or turned off."""
-    if os.environ.get("MECHTEST_LINEAR", "").lower() == "default" or not available():
+    if _turned_off() or not available():
         return 0
     switched = 0
     for layer in module.modules():
@@ -48,6 +57,10 @@ def use_onednn(module: torch.nn.Module) -> int:
             layer.__class__ = OneDNNLinear
             switched += 1
     return switched
+
+
+def _turned_off() -> bool:
+    return os.environ.get("MECHTEST_LINEAR", "").lower() == "default"
 
 
 @functools.cache

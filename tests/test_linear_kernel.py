@@ -58,8 +58,10 @@ def test_switch_off_by_environment(monkeypatch):
     module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4).to(torch.bfloat16))
     monkeypatch.setenv("MECHTEST_LINEAR", "default")
     assert use_onednn(module) == 0
+    assert linear_kernel.describe() == "default (MECHTEST_LINEAR=default)"
     monkeypatch.delenv("MECHTEST_LINEAR")
     assert use_onednn(module) == 1  # the bfloat16 layer keeps F.linear
+    assert linear_kernel.describe().startswith("oneDNN")
     assert type(module[1]) is torch.nn.Linear
 
 

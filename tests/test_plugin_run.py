@@ -119,7 +119,7 @@ def test_claims_outcomes_failure_text_json_junit_and_heat_map(pytester, cache_di
     assert "was found on a llama model" in by_id["llama-circuit-on-a-tiny-model"]["error"]
     assert report["skipped"][0]["model"] == "vicuna"
     prov = report["provenance"]
-    for key in ("mechtest", "torch", "transformers", "python", "platform", "git", "models", "seeds"):
+    for key in ("mechtest", "torch", "transformers", "python", "platform", "linear_kernel", "git", "models", "seeds"):
         assert key in prov, key
     assert prov["seeds"] == [0, 4]
     assert len(prov["models"]["zoo-planted"]["fingerprint"]) == 32

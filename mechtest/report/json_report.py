@@ -23,6 +23,7 @@ def provenance(*, rootdir: Path, models: dict[str, dict], seeds, cache_stats: di
         except metadata.PackageNotFoundError:
             return None
 
+    from mechtest.linear_kernel import describe
     from mechtest.version import __version__
 
     return {
@@ -32,6 +33,7 @@ def provenance(*, rootdir: Path, models: dict[str, dict], seeds, cache_stats: di
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "linear_kernel": describe(),
         "git": git_info(rootdir),
         "models": {name: models[name] for name in sorted(models)},
         "seeds": sorted(set(seeds)),
