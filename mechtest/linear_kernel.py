@@ -69,7 +69,9 @@ def available() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        x, w, b = torch.randn(3, 8), torch.randn(4, 8), torch.randn(4)
+        # fixed values, not torch.randn: probing must not move the caller's random number stream
+        x = torch.linspace(-1, 1, 24).reshape(3, 8)
+        w, b = torch.linspace(-0.5, 0.5, 32).reshape(4, 8), torch.linspace(0, 0.3, 4)
         out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     except (AttributeError, RuntimeError, NotImplementedError):
         return False

@@ -80,3 +80,12 @@ def test_adapter_merge_keeps_the_switch(llama_dir, tmp_path, monkeypatch):
     merged = load_model(ref)
     assert all(isinstance(m, OneDNNLinear) for m in merged.hf.modules() if isinstance(m, torch.nn.Linear))
     torch.testing.assert_close(_logits(merged), _logits(default), atol=1e-5, rtol=1e-5)
+
+
+def test_probing_for_onednn_leaves_the_random_stream_alone():
+    linear_kernel.available.cache_clear()
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert linear_kernel.available()
+    torch.testing.assert_close(torch.rand(4), expected)
